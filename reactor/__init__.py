@@ -1,0 +1,1 @@
+"""The event loop and the daemon around the protocol machine (work in progress)."""
