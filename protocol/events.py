@@ -1,0 +1,102 @@
+"""Events: what the outside world tells the machine has happened.
+
+Every event is a past-tense fact about one connection (or, for shutdown, about
+the server), a small frozen value with no behaviour.  The machine turns each
+one into effects (``protocol.effects``); it never asks the world a question
+back, so the same events in the same order always give the same effects.
+
+A connection is named by a *connection id*: any hashable value the caller
+chooses.  The reactor uses its own connection objects; tests use small
+integers or strings.  The machine only compares ids and uses them as dict
+keys, and it never iterates a set of them, so ids need no ordering and
+identity-hashed objects keep the machine deterministic.
+
+Who produces what:
+
+- the reactor: ``ConnectionOpened``, ``ConnectionClosed``, ``IdleTimedOut``,
+  ``ShutdownStarted`` (it owns sockets, the clock and signals);
+- the line framer (``protocol.framing``), which the reactor feeds with the
+  bytes it reads: ``LineReceived``, ``LineTooLong`` and
+  ``TelnetOptionRequested``.
+
+Contract for callers: open a connection before anything else happens on it,
+and report its end with ``ConnectionClosed`` exactly once, even when the
+machine itself asked for the close.  Breaking that contract is a programming
+error and raises ``ProtocolUsageError``; nothing a *client* sends can.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Hashable, Union
+
+ConnId = Hashable
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionOpened:
+    """A client connected; the machine decides whether it may stay."""
+
+    conn: ConnId
+
+
+@dataclass(frozen=True, slots=True)
+class LineReceived:
+    """One complete line arrived: the bytes before the LF, minus a CR just before it.
+
+    The bytes are raw: not yet decoded, not yet trimmed.  Deciding what they
+    mean (UTF-8, whitespace, the command word) is the machine's job.
+    """
+
+    conn: ConnId
+    line: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LineTooLong:
+    """A line passed the size limit; its bytes up to the next LF are being discarded."""
+
+    conn: ConnId
+
+
+@dataclass(frozen=True, slots=True)
+class TelnetOptionRequested:
+    """A Telnet client asked to enable an option (``IAC DO x`` or ``IAC WILL x``).
+
+    ``command`` is the Telnet verb byte (253 for DO, 251 for WILL), ``option``
+    the option byte.
+    """
+
+    conn: ConnId
+    command: int
+    option: int
+
+
+@dataclass(frozen=True, slots=True)
+class IdleTimedOut:
+    """No complete line arrived on the connection for the configured idle time."""
+
+    conn: ConnId
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The connection is gone: end of stream, reset, eviction, or a close the machine asked for."""
+
+    conn: ConnId
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownStarted:
+    """The server is stopping; every open connection is about to be closed."""
+
+
+Event = Union[
+    ConnectionOpened,
+    LineReceived,
+    LineTooLong,
+    TelnetOptionRequested,
+    IdleTimedOut,
+    ConnectionClosed,
+    ShutdownStarted,
+]

@@ -1,0 +1,342 @@
+"""The line framer: one connection's byte stream in, line events out.
+
+Theory of operation
+-------------------
+TCP delivers a stream, not messages: one ``recv`` may hold half a line, or
+forty lines and the start of the next.  ``LineFramer`` turns whatever
+arrives into events for the machine (``LineReceived``, ``LineTooLong``,
+``TelnetOptionRequested``) and is the only place that knows about LF, CR,
+line length and Telnet.
+
+It works in two steps, so that its caller controls the pace:
+
+- ``feed(data)`` only stores the bytes (O(1) when nothing is left over);
+- ``take(max_tokens, max_work)`` parses as far as two budgets allow and
+  returns a ``Taken``: the events, and what they cost.
+
+*Tokens* are the flood-control currency (protocol.md, Limits): each complete
+line costs one, and a line too long for ``max_line`` costs one for every
+``max_line`` bytes received, so a stream that never sends LF is paced too.
+*Work* bounds the effort of one call for fairness: every line, every Telnet
+command and every overlong charge counts one.  When a budget runs out the
+rest stays stored, unparsed, for the next call; the caller should not read
+more from the socket until ``pending`` is false, which bounds memory to one
+read plus ``max_line``.
+
+Parsing is O(bytes): ``bytes.find`` jumps to the next LF (and, only when the
+stream contains 0xFF at all, to the next IAC), nothing already scanned is
+scanned again, and a complete line that arrived in one piece is sliced out
+directly, without passing through the partial-line buffer.
+
+Rules it enforces (protocol.md, Framing):
+
+- a line is the bytes before LF; a CR just before the LF is dropped, but
+  counts toward ``max_line``;
+- an unfinished line never holds more than ``max_line`` bytes: at the first
+  byte past the limit the framer emits ``LineTooLong`` once and discards the
+  line's bytes up to and including the next LF;
+- Telnet commands (RFC 854) are removed before lines are cut, and cost no
+  tokens and no line length: ``IAC IAC`` is a literal 0xFF byte, 0xFF before
+  a byte that is no Telnet command stays as data, ``IAC DO x`` and
+  ``IAC WILL x`` become ``TelnetOptionRequested`` events (the machine refuses
+  them), and an LF abandons an unfinished command or subnegotiation, so
+  Telnet can never swallow a line;
+- at end of stream, an unfinished last line is dropped.
+
+Nothing a client sends can make it raise.
+"""
+
+from __future__ import annotations
+
+from typing import List, NamedTuple
+
+from .events import ConnId, LineReceived, LineTooLong, TelnetOptionRequested
+
+DEFAULT_MAX_LINE = 4096
+
+_LF = b"\n"
+_CR = 13
+_IAC_BYTE = b"\xff"
+
+# Telnet command bytes (RFC 854).
+_IAC = 255
+_DONT = 254
+_DO = 253
+_WONT = 252
+_WILL = 251
+_SB = 250
+_SE = 240
+
+# Telnet parser states.
+_DATA = 0  # plain data
+_COMMAND = 1  # after IAC
+_OPTION = 2  # after IAC WILL/WONT/DO/DONT, waiting for the option byte
+_SUBNEGOTIATION = 3  # after IAC SB, until IAC SE
+_SUBNEGOTIATION_IAC = 4  # after IAC inside a subnegotiation
+
+
+class Taken(NamedTuple):
+    """What one ``take`` produced and what it cost."""
+
+    events: List[object]
+    tokens: int
+    """Flood-control tokens spent."""
+    lines: int
+    """Complete lines seen (including overlong ones): the idle timer's notion of activity."""
+
+
+class LineFramer:
+    """Cuts one connection's bytes into line events, within budgets.
+
+    ``conn`` is the connection id put into the events; ``max_line`` the
+    longest accepted line in bytes, CR included, LF excluded.
+    """
+
+    __slots__ = (
+        "_conn",
+        "_max_line",
+        "_data",
+        "_pos",
+        "_may_hold_iac",
+        "_partial",
+        "_overlong",
+        "_overlong_bytes",
+        "_charged",
+        "_telnet",
+        "_telnet_verb",
+        "_ended",
+        "_events",
+        "_tokens",
+        "_work",
+        "_lines",
+    )
+
+    def __init__(self, conn: ConnId, max_line: int = DEFAULT_MAX_LINE) -> None:
+        if max_line < 1:
+            raise ValueError("max_line must be at least 1")
+        self._conn = conn
+        self._max_line = max_line
+        self._data = b""  # bytes received and not yet parsed, from _pos on
+        self._pos = 0
+        self._may_hold_iac = False  # whether _data[_pos:] may contain 0xFF
+        self._partial = bytearray()  # the unfinished line (Telnet removed), <= max_line
+        self._overlong = False  # discarding the rest of a too-long line
+        self._overlong_bytes = 0  # bytes of that line so far
+        self._charged = 0  # tokens charged for it: always _overlong_bytes // max_line
+        self._telnet = _DATA
+        self._telnet_verb = 0
+        self._ended = False
+        self._events: List[object] = []
+        self._tokens = 0
+        self._work = 0
+        self._lines = 0
+
+    # -- the interface -----------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Store ``data`` for parsing; cheap, and parses nothing."""
+        if not data:
+            return
+        if self._pos < len(self._data):
+            self._data = self._data[self._pos :] + data
+            self._may_hold_iac = self._may_hold_iac or _IAC_BYTE in data
+        else:
+            self._data = data
+            self._may_hold_iac = _IAC_BYTE in data
+        self._pos = 0
+
+    def end_of_stream(self) -> None:
+        """No more bytes will come; an unfinished last line will be dropped."""
+        self._ended = True
+        self._drop_unfinished_if_done()
+
+    @property
+    def pending(self) -> bool:
+        """Whether stored bytes wait to be parsed (a budget ran out)."""
+        return self._pos < len(self._data)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held: unparsed input plus the unfinished line."""
+        return len(self._data) - self._pos + len(self._partial)
+
+    def take(self, max_tokens: int, max_work: int) -> Taken:
+        """Parse stored bytes until they run out or a budget would be passed."""
+        self._events = []
+        self._tokens = 0
+        self._work = 0
+        self._lines = 0
+        self._parse(max_tokens, max_work)
+        self._drop_unfinished_if_done()
+        return Taken(self._events, self._tokens, self._lines)
+
+    # -- parsing -----------------------------------------------------------
+
+    def _parse(self, max_tokens: int, max_work: int) -> None:
+        data = self._data
+        end = len(data)
+        max_line = self._max_line
+        conn = self._conn
+        events = self._events
+        while self._pos < end and self._work < max_work:
+            pos = self._pos
+            if self._telnet != _DATA:
+                if not self._telnet_byte(data[pos], max_tokens):
+                    return
+                continue
+            lf = data.find(_LF, pos)
+            stop = end if lf < 0 else lf
+            iac = data.find(_IAC_BYTE, pos, stop) if self._may_hold_iac else -1
+            if iac < 0 and lf >= 0 and not self._partial and not self._overlong:
+                # The common case: a whole line in one piece.
+                if lf - pos > max_line:
+                    if self._tokens >= max_tokens:
+                        return
+                    self._pos = self._add(data, pos, lf, max_tokens)
+                    continue
+                if self._tokens >= max_tokens:
+                    return
+                line = data[pos:lf]
+                if line and line[-1] == _CR:
+                    line = line[:-1]
+                events.append(LineReceived(conn, line))
+                self._tokens += 1
+                self._work += 1
+                self._lines += 1
+                self._pos = lf + 1
+                continue
+            segment_end = stop if iac < 0 else iac
+            consumed = self._add(data, pos, segment_end, max_tokens)
+            self._pos = consumed
+            if consumed < segment_end:
+                return  # out of tokens in the middle of an overlong line
+            if iac >= 0:
+                self._pos = iac + 1
+                self._telnet = _COMMAND
+            elif lf >= 0:
+                if not self._end_line(max_tokens):
+                    return
+                self._pos = lf + 1
+            else:
+                return  # all stored bytes parsed; the line continues in the next feed
+
+    def _add(self, data: bytes, start: int, stop: int, max_tokens: int) -> int:
+        """Append ``data[start:stop]`` (no LF, no Telnet) to the current line.
+
+        Returns how far it got: short of ``stop`` only when the line is too
+        long and the tokens for discarding more of it ran out.
+        """
+        if start >= stop:
+            return stop
+        max_line = self._max_line
+        if not self._overlong:
+            room = max_line - len(self._partial)
+            if stop - start <= room:
+                self._partial += data[start:stop]
+                return stop
+            self._partial += data[start : start + room]
+            start += room
+            if self._tokens >= max_tokens:
+                return start
+            self._partial.clear()
+            self._overlong = True
+            self._overlong_bytes = max_line
+            self._charged = 0
+            self._events.append(LineTooLong(self._conn))
+        # Discard, charging one token each time the line passes a multiple of
+        # max_line, but no further than the tokens left allow.
+        affordable = (self._charged + max_tokens - self._tokens + 1) * max_line - 1
+        taken = min(stop - start, affordable - self._overlong_bytes)
+        self._overlong_bytes += taken
+        charges = self._overlong_bytes // max_line - self._charged
+        self._charged += charges
+        self._tokens += charges
+        self._work += charges
+        return start + taken
+
+    def _end_line(self, max_tokens: int) -> bool:
+        """The current line met its LF; False if there is no token to pay for it."""
+        if self._overlong:
+            self._overlong = False
+            self._overlong_bytes = 0
+            self._charged = 0
+            self._work += 1
+            self._lines += 1
+            return True
+        if self._tokens >= max_tokens:
+            return False
+        line = bytes(self._partial)
+        self._partial.clear()
+        if line and line[-1] == _CR:
+            line = line[:-1]
+        self._events.append(LineReceived(self._conn, line))
+        self._tokens += 1
+        self._work += 1
+        self._lines += 1
+        return True
+
+    def _telnet_byte(self, byte: int, max_tokens: int) -> bool:
+        """Consume one byte of a Telnet command; False if the budget stops it.
+
+        A byte that turns out to be data is left in place for the data path
+        (``_pos`` is not advanced), after the state goes back to ``_DATA``.
+        """
+        state = self._telnet
+        if state == _COMMAND:
+            if byte == _IAC or byte < _SE:
+                # IAC IAC is an escaped 0xFF; IAC before a non-command keeps both as data.
+                if self._add(_IAC_BYTE, 0, 1, max_tokens) == 0:
+                    return False
+                self._telnet = _DATA
+                if byte == _IAC:
+                    self._pos += 1
+                return True
+            self._pos += 1
+            if _WILL <= byte <= _DONT:
+                self._telnet = _OPTION
+                self._telnet_verb = byte
+            elif byte == _SB:
+                self._telnet = _SUBNEGOTIATION
+            else:
+                self._telnet = _DATA  # a two-byte command (NOP, IP, AYT, ...): dropped
+                self._work += 1
+            return True
+        if byte == 10:  # LF abandons any unfinished command: it ends the line instead
+            self._telnet = _DATA
+            return True
+        if state == _OPTION:
+            self._pos += 1
+            self._telnet = _DATA
+            self._work += 1
+            if self._telnet_verb in (_DO, _WILL):
+                self._events.append(TelnetOptionRequested(self._conn, self._telnet_verb, byte))
+            return True
+        if state == _SUBNEGOTIATION:
+            # Skip the negotiation's payload in one step, up to its IAC or an LF.
+            data = self._data
+            stop = len(data)
+            for needle in (_IAC_BYTE, _LF):
+                found = data.find(needle, self._pos, stop)
+                if found >= 0:
+                    stop = found
+            if stop < len(data) and data[stop] == _IAC:
+                self._telnet = _SUBNEGOTIATION_IAC
+                stop += 1
+            self._pos = stop
+            return True
+        # _SUBNEGOTIATION_IAC
+        self._pos += 1
+        if byte == _SE:
+            self._telnet = _DATA
+            self._work += 1
+        else:
+            self._telnet = _SUBNEGOTIATION
+        return True
+
+    def _drop_unfinished_if_done(self) -> None:
+        if self._ended and not self.pending:
+            self._partial.clear()
+            self._overlong = False
+            self._overlong_bytes = 0
+            self._charged = 0
+            self._telnet = _DATA
