@@ -1,0 +1,385 @@
+"""The daemon's settings: command line + environment -> one frozen ``Config``.
+
+This module owns one decision: what the ``chat-server`` process was asked to
+do.  It either returns a validated, immutable ``Config`` or stops the process
+with exit status 2 and one short message naming the flag or environment
+variable at fault (argparse's usage line comes first), never a traceback.  It
+does not bind sockets, log, or start anything; the reactor does all of that
+with the ``Config`` it is handed, so a bad value stops the server before it
+binds.
+
+Theory of operation
+-------------------
+Every setting is one row of ``_SETTINGS``: its ``Config`` field, its flag,
+its environment variable (or none), and its converter.  A value has three
+possible sources, in this order of precedence:
+
+1. the flag.  argparse parses it with the setting's converter as its
+   ``type``; its default is ``None`` so that "not given" stays distinguishable
+   from "given the default value";
+2. the environment variable, read only for settings the command line left
+   unset (so a stale, bad ``PORT`` never blocks ``--port 5000``).  Leading
+   and trailing whitespace is stripped (``.env`` files leave a stray ``\\r``),
+   and a variable that is then empty counts as unset;
+3. the field's default in ``Config``, the one place defaults are written.
+
+The flag and the variable go through the same converter, so they obey one
+rule and fail with one message text; only the prefix differs
+(``argument --port:`` or ``environment variable PORT:``).  Converters accept
+plain ASCII decimal notation only: Python's own ``int()`` and ``float()``
+would also take ``1_000``, Arabic-Indic digits and ``nan``, none of which an
+operator means as a port or a timeout.
+
+Imports: the standard library and ``protocol`` (for ``__version__``) only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import protocol
+
+__all__ = [
+    "DEFAULT_BURST",
+    "DEFAULT_HOST",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_LOG_LEVEL",
+    "DEFAULT_MAX_CLIENTS",
+    "DEFAULT_MAX_LINE",
+    "DEFAULT_MAX_OUTPUT",
+    "DEFAULT_PORT",
+    "DEFAULT_RATE",
+    "LOG_LEVELS",
+    "PROG",
+    "Config",
+    "build_parser",
+    "parse_config",
+]
+
+PROG = "chat-server"
+
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_PORT = 4000
+DEFAULT_IDLE_TIMEOUT = 60.0
+DEFAULT_MAX_CLIENTS = 10000
+DEFAULT_MAX_LINE = 4096
+DEFAULT_MAX_OUTPUT = 1048576
+DEFAULT_RATE = 50.0
+DEFAULT_BURST = 100
+DEFAULT_LOG_LEVEL = "INFO"
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+MAX_PORT = 65535
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the daemon was asked to do, already validated.
+
+    The constructor does not validate (``parse_config`` does), so tests and
+    embedders can build any ``Config`` they need directly.
+    """
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT  # 0 = any free port
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT  # seconds, 0 = off
+    max_clients: int = DEFAULT_MAX_CLIENTS
+    max_line: int = DEFAULT_MAX_LINE  # bytes before the LF
+    max_output: int = DEFAULT_MAX_OUTPUT  # bytes of unsent output
+    rate: float = DEFAULT_RATE  # lines per second, 0 = flood control off
+    burst: int = DEFAULT_BURST
+    log_level: str = DEFAULT_LOG_LEVEL  # one of LOG_LEVELS
+
+
+# -- converters: text -> value, or ArgumentTypeError with the rule broken ----
+
+_WHOLE = re.compile(r"[0-9]+")
+_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_SHOWN_MAX = 40
+
+Converter = Callable[[str], Any]
+
+
+def _shown(text: str) -> str:
+    """Quote a bad value for the message; repr keeps it on one line."""
+    if len(text) > _SHOWN_MAX:
+        return repr(text[:_SHOWN_MAX]) + "..."
+    return repr(text)
+
+
+def _refusal(rule: str, text: str) -> argparse.ArgumentTypeError:
+    """The one error type argparse reports verbatim after ``argument --x:``."""
+    return argparse.ArgumentTypeError(f"must be {rule}, got {_shown(text)}")
+
+
+def _maybe_whole(text: str) -> int | None:
+    """ASCII digits only; ``None`` for anything else.
+
+    ``int()`` still fails on more than 4300 digits (Python 3.11+), hence the
+    ``try``: such a number is out of every range anyway.
+    """
+    if not _WHOLE.fullmatch(text):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _maybe_finite(text: str) -> float | None:
+    """Plain decimal notation, finite; ``1e999`` overflows to inf and fails."""
+    if not _DECIMAL.fullmatch(text):
+        return None
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def _whole_number(low: int, high: int | None = None) -> Converter:
+    """A converter for an integer setting in ``low..high`` (no upper bound if None)."""
+    if high is None:
+        rule = f"a whole number >= {low}"
+    else:
+        rule = f"a whole number from {low} to {high}"
+
+    def whole_number(text: str) -> int:
+        value = _maybe_whole(text)
+        if value is None or value < low or (high is not None and value > high):
+            raise _refusal(rule, text)
+        return value
+
+    return whole_number
+
+
+def _non_negative(rule: str) -> Converter:
+    """A converter for a finite float >= 0; ``rule`` names what 0 means."""
+
+    def non_negative(text: str) -> float:
+        value = _maybe_finite(text)
+        if value is None:  # the regex already refused a minus sign
+            raise _refusal(rule, text)
+        return value
+
+    return non_negative
+
+
+def _host(text: str) -> str:
+    """Any non-empty text without whitespace or control characters.
+
+    Resolution happens at bind time; this only catches what can never be a
+    host name or address (an empty ``--host ""``, a stray space).
+    """
+    if not text or not text.isprintable() or any(c.isspace() for c in text):
+        raise _refusal("a host name or IP address (no spaces)", text)
+    return text
+
+
+def _log_level(text: str) -> str:
+    """One of LOG_LEVELS in any ASCII case, stored upper-case.
+
+    ASCII only because ``"ınfo".upper()`` (dotless i) is ``"INFO"`` too.
+    """
+    level = text.upper()
+    if not text.isascii() or level not in LOG_LEVELS:
+        raise _refusal(f"one of {', '.join(LOG_LEVELS)} (any case)", text)
+    return level
+
+
+# -- the settings table -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """One row of the configuration table in protocol.md."""
+
+    field: str  # Config field and argparse dest
+    env: str | None  # environment variable, None if the flag has none
+    metavar: str
+    convert: Converter
+    help: str
+    group: str
+    shown_default: str | None = None  # when str(default) says too little
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+
+_LISTEN = "where to listen"
+_LIMITS = "limits"
+_LOGGING = "logging"
+
+_SETTINGS = (
+    _Setting(
+        "host", "HOST", "ADDRESS", _host,
+        "address to listen on: an IP address or a host name; "
+        "'::' listens dual-stack on IPv6 and IPv4",
+        _LISTEN,
+    ),
+    _Setting(
+        "port", "PORT", "PORT", _whole_number(0, MAX_PORT),
+        f"TCP port, 0 to {MAX_PORT}; 0 takes any free port, which the "
+        "startup line prints",
+        _LISTEN,
+    ),
+    _Setting(
+        "idle_timeout", "IDLE_TIMEOUT", "SECONDS",
+        _non_negative("a number of seconds >= 0 (0 turns it off)"),
+        "close a connection that sends no complete line for this long; "
+        "fractions allowed, 0 turns the idle timeout off",
+        _LIMITS,
+    ),
+    _Setting(
+        "max_clients", "MAX_CLIENTS", "N", _whole_number(1),
+        "most connections open at once; one more gets ERR server-full. "
+        "Lowered with a warning if the system allows fewer open files",
+        _LIMITS,
+    ),
+    _Setting(
+        "max_line", None, "BYTES", _whole_number(1),
+        "longest line accepted, in bytes before the LF; a longer one gets "
+        "ERR line-too-long",
+        _LIMITS,
+    ),
+    _Setting(
+        "max_output", None, "BYTES", _whole_number(1),
+        "most bytes of unsent output a connection may hold before a message "
+        "from another user disconnects it as a slow reader",
+        _LIMITS,
+        shown_default="1048576 = 1 MiB",
+    ),
+    _Setting(
+        "rate", None, "PER_SECOND",
+        _non_negative("a number >= 0 (0 turns flood control off)"),
+        "lines per second a connection may send on average; 0 turns flood "
+        "control off",
+        _LIMITS,
+    ),
+    _Setting(
+        "burst", None, "LINES", _whole_number(1),
+        "lines a connection may send at once before --rate paces it",
+        _LIMITS,
+    ),
+    _Setting(
+        "log_level", "LOG_LEVEL", "LEVEL", _log_level,
+        f"{', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}, in any case",
+        _LOGGING,
+    ),
+)
+
+# -- the parser ----------------------------------------------------------------
+
+_DESCRIPTION = """\
+A multi-user TCP chat server. Anyone who can reach the port connects with a
+line-based TCP client (telnet, nc), logs in with LOGIN <name>, and then sends
+MSG <text> to everyone, DM <name> <text> to one user, WHO, PING or QUIT. One
+thread runs a selectors event loop around a pure protocol machine; limits on
+line length, unsent output and line rate keep any one client from slowing the
+others down. Every setting is a flag; those that name a variable can also be
+set from the environment, and the flag wins over the variable."""
+
+_EPILOG = """\
+examples:
+  chat-server --port 5000
+  PORT=5000 chat-server
+  chat-server --host 127.0.0.1 --idle-timeout 300
+  chat-server --host ::
+
+`--host ::` listens dual-stack, on IPv6 and IPv4 at once; the default 0.0.0.0
+is IPv4 only. An empty environment variable counts as unset. A bad value stops
+the server before it binds, with exit status 2."""
+
+
+def _show_default(value: object) -> str:
+    """60.0 reads better as 60 in a help line."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _help_line(setting: _Setting) -> str:
+    default = setting.shown_default or _show_default(
+        getattr(Config(), setting.field)
+    )
+    if setting.env is None:
+        return f"{setting.help} (default {default})"
+    return f"{setting.help} (env {setting.env}, default {default})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``chat-server`` parser; every setting defaults to ``None`` (not given).
+
+    ``allow_abbrev=False`` so ``--max`` is an error rather than whichever
+    ``--max-*`` flag exists today: a script must not change meaning when a
+    flag is added.
+    """
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {protocol.__version__}"
+    )
+    groups: dict[str, Any] = {}
+    for setting in _SETTINGS:
+        if setting.group not in groups:
+            groups[setting.group] = parser.add_argument_group(setting.group)
+        groups[setting.group].add_argument(
+            setting.flag,
+            dest=setting.field,
+            type=setting.convert,
+            default=None,
+            metavar=setting.metavar,
+            help=_help_line(setting),
+        )
+    return parser
+
+
+# -- resolution: flag > environment > default ---------------------------------
+
+
+def _maybe_from_env(
+    parser: argparse.ArgumentParser, setting: _Setting, environ: Mapping[str, str]
+) -> Any | None:
+    """The variable's value, ``None`` if unset or blank; exits 2 if it is bad."""
+    if setting.env is None:
+        return None
+    text = environ.get(setting.env, "").strip()
+    if not text:
+        return None
+    try:
+        return setting.convert(text)
+    except argparse.ArgumentTypeError as error:
+        parser.error(f"environment variable {setting.env}: {error}")
+
+
+def parse_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """The ``Config`` for this process, or ``SystemExit(2)`` after one message.
+
+    ``argv`` excludes the program name (``sys.argv[1:]`` when None);
+    ``environ`` defaults to ``os.environ``.  ``--help`` and ``--version``
+    print and raise ``SystemExit(0)``.
+    """
+    parser = build_parser()
+    given = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    env = os.environ if environ is None else environ
+    values = {}
+    for setting in _SETTINGS:
+        value = getattr(given, setting.field)
+        if value is None:
+            value = _maybe_from_env(parser, setting, env)
+        if value is not None:
+            values[setting.field] = value
+    return Config(**values)
