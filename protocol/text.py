@@ -30,6 +30,12 @@ _UNSAFE = re.compile(
 )
 
 
+# Every byte that can start an unsafe character.  Deleting them with
+# ``bytes.translate`` is one C pass, several times faster than any regex
+# search, so clean text (nearly all of it) never reaches the regex.
+_UNSAFE_LEAD_BYTES = bytes([*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F, 0xC2, 0xE2])
+
+
 def clean_text(text: bytes) -> bytes:
     """``text`` without the characters that could forge lines or escape sequences.
 
@@ -37,14 +43,9 @@ def clean_text(text: bytes) -> bytes:
     Without this a user could send ANSI escapes to other users' terminals,
     or fake extra lines (U+2028 splits a line for ``str.splitlines``).
     """
-    if _UNSAFE.search(text) is None:
+    if len(text.translate(None, _UNSAFE_LEAD_BYTES)) == len(text):
         return text
     return _UNSAFE.sub(b"", text)
-
-
-def has_unsafe(text: bytes) -> bool:
-    """Whether ``clean_text`` would change ``text``."""
-    return _UNSAFE.search(text) is not None
 
 
 def split_word(text: bytes) -> Tuple[bytes, bytes]:
@@ -54,8 +55,8 @@ def split_word(text: bytes) -> Tuple[bytes, bytes]:
     is dropped, and the rest keeps its inner whitespace exactly as sent.
     ``text`` is expected to be trimmed already.
     """
-    if b"\t" not in text:
-        word, _, rest = text.partition(b" ")
+    word, _, rest = text.partition(b" ")
+    if b"\t" not in word:
         return word, rest.lstrip(WHITESPACE)
     space = text.find(b" ")
     tab = text.find(b"\t")
