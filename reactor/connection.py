@@ -1,0 +1,154 @@
+"""One client connection as the reactor sees it: a socket, its buffers, its timers.
+
+A ``Connection`` is also the connection id the protocol machine is given:
+the machine only hashes and compares ids, and identity is exactly what we
+want, so no table maps one to the other.
+
+Output is a list of byte pieces (``bytes`` or ``memoryview``) waiting to be
+sent, oldest first.  ``send_queued`` makes one system call for all of it:
+``sendmsg`` with every piece where the platform has it (POSIX), one joined
+``send`` where it does not (Windows).  A partial send keeps the unsent tail
+as a ``memoryview`` slice, so nothing is copied twice.
+
+The class holds state and the socket calls on it; deciding *when* to read,
+write or close is the loop's job (``reactor.loop``).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import List, Optional, Tuple, Union
+
+from protocol import LineFramer
+
+from .ratelimit import TokenBucket
+from .timerwheel import Timer
+
+Piece = Union[bytes, memoryview]
+
+_HAVE_SENDMSG = hasattr(socket.socket, "sendmsg")
+_IOV_MAX = 512  # pieces per sendmsg; POSIX guarantees at least 16, Linux and macOS allow 1024
+
+
+class PeerGone(Exception):
+    """The peer reset the connection or the socket failed; close it now."""
+
+
+class Connection:
+    """A client socket and everything the reactor keeps for it."""
+
+    __slots__ = (
+        "sock",
+        "peer",
+        "framer",
+        "bucket",
+        "queue",
+        "queued",
+        "reply_bytes",
+        "last_active",
+        "idle_timer",
+        "timer",
+        "mask",
+        "eof",
+        "closing",
+        "lingering",
+        "closed",
+        "reported",
+        "carried",
+    )
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        peer: Tuple,
+        max_line: int,
+        bucket: Optional[TokenBucket],
+        now: float,
+    ) -> None:
+        self.sock = sock
+        self.peer = peer  # (host, port), for the log
+        self.framer = LineFramer(self, max_line)
+        self.bucket = bucket  # None when flood control is off
+        self.queue: List[Piece] = []  # output not yet sent, oldest first
+        self.queued = 0  # bytes in queue
+        # Reply bytes queued since the queue was last empty: an upper bound of
+        # the replies (to its own commands) among the unsent bytes.
+        self.reply_bytes = 0
+        self.last_active = now  # when the last complete line arrived
+        self.idle_timer: Optional[Timer] = None
+        self.timer: Optional[Timer] = None  # flood-control resume, or the close deadline
+        self.mask = 0  # selector events registered; 0 = not registered
+        self.eof = False  # the peer will send no more
+        self.closing = False  # close once output is flushed (or the deadline passes)
+        self.lingering = False  # our side is shut; discarding input until the peer's FIN
+        self.closed = False
+        self.reported = False  # the machine has been told ConnectionClosed
+        self.carried = False  # parsed input waits for the next turn (work budget)
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.peer!r}{' closed' if self.closed else ''}>"
+
+    @property
+    def foreign_bytes(self) -> int:
+        """Unsent bytes that are (at least) lines from other users."""
+        return self.queued - min(self.reply_bytes, self.queued)
+
+    def enqueue(self, pieces: List[Piece], reply_bytes: int) -> None:
+        """Append output behind what is already waiting; sends nothing."""
+        self.queue.extend(pieces)
+        self.queued += sum(map(len, pieces))
+        self.reply_bytes += reply_bytes
+
+    def send_now(self, data: bytes, reply_bytes: int) -> None:
+        """Send ``data`` on an empty queue; what the kernel does not take is queued.
+
+        Raises ``PeerGone`` if the connection is broken.
+        """
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as error:
+            raise PeerGone(error) from None
+        if sent < len(data):
+            self.queue.append(memoryview(data)[sent:] if sent else data)
+            self.queued = len(data) - sent
+            self.reply_bytes = reply_bytes
+
+    def send_queued(self) -> None:
+        """One system call for as much of the queue as the kernel takes.
+
+        Raises ``PeerGone`` if the connection is broken.
+        """
+        queue = self.queue
+        try:
+            if len(queue) == 1:
+                sent = self.sock.send(queue[0])
+            elif _HAVE_SENDMSG:
+                sent = self.sock.sendmsg(queue[:_IOV_MAX])
+            else:
+                joined = b"".join(queue)
+                queue[:] = [joined]
+                sent = self.sock.send(joined)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:
+            raise PeerGone(error) from None
+        self._consume(sent)
+
+    def _consume(self, sent: int) -> None:
+        """Drop ``sent`` bytes from the front of the queue."""
+        queue = self.queue
+        self.queued -= sent
+        if not self.queued:
+            queue.clear()
+            self.reply_bytes = 0
+            return
+        done = 0
+        while sent and sent >= len(queue[done]):
+            sent -= len(queue[done])
+            done += 1
+        if done:
+            del queue[:done]
+        if sent:
+            queue[0] = memoryview(queue[0])[sent:]

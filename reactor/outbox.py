@@ -1,0 +1,190 @@
+"""The outbox: one loop turn's output, gathered so every connection gets one send.
+
+Theory of operation
+-------------------
+During a loop turn the machine's effects arrive one at a time: a ``Reply``
+here, a ``Broadcast`` of a MSG there.  Sending each at once would cost one
+system call per line per recipient.  Instead the reactor files every effect
+in the ``Outbox`` and, at the end of the turn, ``drain`` hands each
+connection all of its bytes together, in the order the machine produced
+them.
+
+The point is to make a broadcast cost O(1) Python work per recipient per
+*turn*, not per *message*.  Broadcasts go into one shared log.  Consecutive
+broadcasts that name the same audience object (the machine reuses one tuple
+until somebody logs in or out) form a *run*; a run's lines are joined into
+one ``bytes`` once, and every ordinary member of the audience is handed that
+same object.  A room of 1,000 users receiving 500 messages in one turn costs
+500 appends to the log, one join, and 1,000 hand-overs.
+
+Some connections are not ordinary in a turn: a sender must not receive its
+own MSG (an *exclusion*), and a connection may have private lines (a
+``Reply`` or a ``Deliver``) that must appear at the right place between the
+broadcasts.  Those few are *marked*; each marked connection's bytes are
+assembled separately, by slicing the log around its marks.  That costs
+O(marks + runs) for that connection, which is proportional to what it sent
+or was sent privately, never to the size of the room.
+
+Positions make the order exact: a private line filed when the log holds
+``p`` lines goes out after log line ``p - 1`` and before log line ``p``.
+
+The outbox knows nothing of sockets.  ``drain`` calls ``deliver(conn,
+pieces, reply_bytes)`` once per connection, where ``pieces`` is a list of
+``bytes`` to send in order and ``reply_bytes`` how many of those bytes are
+replies to the connection's own input.  The rest came from other users (MSG,
+DM, INFO), and only that part can make a client a slow consumer
+(protocol.md, Limits).  ``deliver`` may file more output (an eviction makes
+the machine broadcast INFO); ``drain`` empties the outbox before it starts,
+so that output waits for the next ``drain``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
+
+Conn = Hashable
+Deliver = Callable[[Conn, List[bytes], int], None]
+
+
+class _Run:
+    """Consecutive log lines that share one audience."""
+
+    __slots__ = ("audience", "start", "end", "payload", "_members")
+
+    def __init__(self, audience: Sequence[Conn], start: int) -> None:
+        self.audience = audience
+        self.start = start
+        self.end = start
+        self.payload = b""
+        self._members: Optional[frozenset] = None
+
+    def has_member(self, conn: Conn) -> bool:
+        members = self._members
+        if members is None:
+            members = self._members = frozenset(self.audience)
+        return conn in members
+
+
+class _Marks:
+    """What makes one connection's output differ from its audience's this turn."""
+
+    __slots__ = ("private", "excluded")
+
+    def __init__(self) -> None:
+        self.private: List[Tuple[int, bytes, bool]] = []  # (position, data, foreign)
+        self.excluded: List[int] = []  # log positions it must not receive
+
+
+class Outbox:
+    """Collects a turn's output; ``drain`` hands it out, one call per connection."""
+
+    __slots__ = ("_log", "_runs", "_marks")
+
+    def __init__(self) -> None:
+        self._log: List[bytes] = []
+        self._runs: List[_Run] = []
+        self._marks: Dict[Conn, _Marks] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._log or self._marks)
+
+    def reply(self, conn: Conn, data: bytes) -> None:
+        """File ``data`` for ``conn``, caused by its own input."""
+        self._mark(conn).private.append((len(self._log), data, False))
+
+    def deliver(self, conn: Conn, data: bytes) -> None:
+        """File ``data``, a line from another user, for ``conn`` alone."""
+        self._mark(conn).private.append((len(self._log), data, True))
+
+    def broadcast(self, data: bytes, audience: Sequence[Conn], exclude: Optional[Conn]) -> None:
+        """File ``data`` for every member of ``audience`` but ``exclude``."""
+        runs = self._runs
+        if not runs or runs[-1].audience is not audience:
+            runs.append(_Run(audience, len(self._log)))
+        if exclude is not None:
+            self._mark(exclude).excluded.append(len(self._log))
+        self._log.append(data)
+        runs[-1].end += 1
+
+    def _mark(self, conn: Conn) -> _Marks:
+        marks = self._marks.get(conn)
+        if marks is None:
+            marks = self._marks[conn] = _Marks()
+        return marks
+
+    def drain(self, deliver: Deliver) -> None:
+        """Hand every connection its output for the turn, then start empty."""
+        log, runs, marks = self._log, self._runs, self._marks
+        self._log, self._runs, self._marks = [], [], {}
+        for run in runs:
+            run.payload = log[run.start] if run.end - run.start == 1 else b"".join(
+                log[run.start : run.end]
+            )
+        if len(runs) == 1:
+            run = runs[0]
+            payload = run.payload
+            for conn in run.audience:
+                if conn not in marks:
+                    deliver(conn, [payload], 0)
+        elif runs:
+            pending: Dict[Conn, List[bytes]] = {}
+            for run in runs:
+                payload = run.payload
+                for conn in run.audience:
+                    if conn not in marks:
+                        pieces = pending.get(conn)
+                        if pieces is None:
+                            pending[conn] = [payload]
+                        else:
+                            pieces.append(payload)
+            for conn, pieces in pending.items():
+                deliver(conn, pieces, 0)
+        for conn, conn_marks in marks.items():
+            pieces, reply_bytes = _assemble(conn, conn_marks, log, runs)
+            if pieces:
+                deliver(conn, pieces, reply_bytes)
+
+
+def _assemble(conn: Conn, marks: _Marks, log: List[bytes], runs: List[_Run]):
+    """A marked connection's pieces: its runs' lines, minus exclusions, with its private lines in place."""
+    pieces: List[bytes] = []
+    reply_bytes = 0
+    private, excluded = marks.private, marks.excluded
+    p = x = 0  # next private line, next exclusion
+    no_more = len(log) + 1
+    for run in runs:
+        member = run.has_member(conn)
+        cursor = run.start  # first log line of the run not yet handed out
+        while True:
+            next_private = private[p][0] if p < len(private) else no_more
+            next_excluded = excluded[x] if x < len(excluded) else no_more
+            mark = min(next_private, next_excluded)
+            if mark >= run.end:
+                break
+            if member and cursor < mark:
+                pieces.append(_slice(log, run, cursor, mark))
+            if next_private <= next_excluded:
+                _, data, is_foreign = private[p]
+                pieces.append(data)
+                if not is_foreign:
+                    reply_bytes += len(data)
+                p += 1
+                cursor = max(cursor, mark)
+            else:
+                x += 1
+                cursor = mark + 1
+        if member and cursor < run.end:
+            pieces.append(_slice(log, run, cursor, run.end))
+    for _, data, is_foreign in private[p:]:
+        pieces.append(data)
+        if not is_foreign:
+            reply_bytes += len(data)
+    return pieces, reply_bytes
+
+
+def _slice(log: List[bytes], run: _Run, start: int, end: int) -> bytes:
+    if start == run.start and end == run.end:
+        return run.payload
+    if end - start == 1:
+        return log[start]
+    return b"".join(log[start:end])

@@ -1,0 +1,208 @@
+"""Real-socket test tools: a server in a thread or a subprocess, and a line client.
+
+Every wait is bounded (a socket timeout or a deadline), and nothing sleeps to
+wait for something that can be waited on: to show that a line did *not*
+arrive, a test sends PING and checks that PONG is the next line, which
+proves the server handled everything before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pathlib
+import re
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Iterator, List, Optional
+
+from reactor.config import Config
+from reactor.loop import Reactor
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TIMEOUT = 5.0
+
+
+class Client:
+    """A raw TCP client that reads the server's output line by line."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection((host, port), timeout=TIMEOUT)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._buffer = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def say(self, *lines: str) -> None:
+        """Send each line, LF-terminated, in one segment."""
+        self.send("".join(line + "\n" for line in lines).encode())
+
+    def line(self, timeout: float = TIMEOUT) -> bytes:
+        """The next line, without its LF; AssertionError at end of stream or timeout."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no line within {timeout} s (have {self._buffer!r})"
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                raise AssertionError(f"no line within {timeout} s (have {self._buffer!r})")
+            assert chunk, f"end of stream while waiting for a line (have {self._buffer!r})"
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    def expect(self, *lines: str) -> None:
+        for expected in lines:
+            got = self.line().decode("utf-8", "replace")
+            assert got == expected, f"expected {expected!r}, got {got!r}"
+
+    def sync(self) -> None:
+        """PING and expect PONG next: everything sent to us before has arrived."""
+        self.say("PING")
+        assert self.line() == b"PONG"
+
+    def read_until_closed(self, timeout: float = TIMEOUT) -> bytes:
+        """Everything until the server closes; AssertionError if it does not in time."""
+        deadline = time.monotonic() + timeout
+        data, self._buffer = self._buffer, b""
+        while True:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"still open after {timeout} s (got {data!r})"
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                raise AssertionError(f"still open after {timeout} s (got {data!r})")
+            except ConnectionResetError:
+                return data
+            if not chunk:
+                return data
+            data += chunk
+
+    def half_close(self) -> None:
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def reset(self) -> None:
+        """Close abruptly: SO_LINGER 0 makes the kernel send RST instead of FIN."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        self.sock.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def login(port: int, name: str) -> Client:
+    client = Client(port)
+    client.say(f"LOGIN {name}")
+    client.expect("OK")
+    return client
+
+
+class ThreadedServer:
+    """A Reactor serving on 127.0.0.1 in a background thread of the test process."""
+
+    def __init__(self, **settings) -> None:
+        self.config = dataclasses.replace(Config(host="127.0.0.1", port=0), **settings)
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.port = listener.getsockname()[1]
+        self._wake_read, self._wake_write = socket.socketpair()
+        self.reactor = Reactor(listener, self.config, wakeup=self._wake_read)
+        self._error: List[BaseException] = []
+        self._thread = threading.Thread(target=self._run, name="reactor", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.reactor.serve_forever()
+        except BaseException as error:  # surfaced by stop()
+            self._error.append(error)
+        finally:
+            self.reactor.close()
+
+    def stop(self) -> None:
+        self.reactor.request_shutdown()
+        self._wake_write.send(b"\0")
+        self._thread.join(TIMEOUT)
+        assert not self._thread.is_alive(), "the reactor did not stop"
+        self._wake_read.close()
+        self._wake_write.close()
+        if self._error:
+            raise self._error[0]
+
+
+@contextlib.contextmanager
+def threaded_server(**settings) -> Iterator[ThreadedServer]:
+    server = ThreadedServer(**settings)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+_STARTED = re.compile(rb"Chat server started on port (\d+)")
+
+
+class ServerProcess:
+    """``python -m reactor`` in a subprocess, started as a user would."""
+
+    def __init__(self, *args: str, env: Optional[dict] = None, cwd: pathlib.Path = ROOT) -> None:
+        environment = dict(os.environ)
+        environment.pop("PORT", None)
+        environment.update(env or {})
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "reactor", *args],
+            cwd=cwd,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.stdout_lines: List[bytes] = []
+        self.port = self._wait_for_port()
+
+    def _wait_for_port(self) -> int:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.process.stdout], [], [], deadline - time.monotonic())
+            if not ready:
+                break
+            line = self.process.stdout.readline()
+            if not line:
+                break
+            self.stdout_lines.append(line)
+            match = _STARTED.match(line)
+            if match:
+                return int(match.group(1))
+        self.process.kill()
+        _, err = self.process.communicate(timeout=TIMEOUT)
+        raise AssertionError(f"server did not start: {err.decode(errors='replace')}")
+
+    def stop(self, sig: Optional[int] = None, timeout: float = 10) -> tuple:
+        """Send ``sig`` (default SIGTERM); return (exit status, stdout, stderr)."""
+        import signal as signals
+
+        if self.process.poll() is None:
+            self.process.send_signal(sig or signals.SIGTERM)
+        out, err = self.process.communicate(timeout=timeout)
+        return self.process.returncode, b"".join(self.stdout_lines) + out, err
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.communicate(timeout=TIMEOUT)
+
+
+@contextlib.contextmanager
+def server_process(*args: str, env: Optional[dict] = None) -> Iterator[ServerProcess]:
+    server = ServerProcess("--host", "127.0.0.1", "--port", "0", *args, env=env)
+    try:
+        yield server
+    finally:
+        server.kill()

@@ -1,0 +1,295 @@
+"""The server over real TCP on 127.0.0.1: every command, framing, idle timeouts,
+abrupt disconnects.  A reactor runs in a thread of the test process; the
+daemon's own behaviour (signals, exit statuses) is in test_daemon.py."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from netutil import Client, login, threaded_server
+
+
+@pytest.fixture
+def server():
+    with threaded_server() as running:
+        yield running
+
+
+# -- the seed README ---------------------------------------------------------------
+
+
+def test_the_seed_readme_example_session_byte_for_byte(server):
+    naman = Client(server.port)
+    yudi = Client(server.port)
+    naman.send(b"LOGIN Naman\n")
+    assert naman.line() == b"OK"
+    yudi.send(b"LOGIN Yudi\n")
+    assert yudi.line() == b"OK"
+    naman.send(b"MSG hi everyone!\n")
+    naman.send(b"MSG how are you?\n")
+    assert yudi.line() == b"MSG Naman hi everyone!"
+    assert yudi.line() == b"MSG Naman how are you?"
+    yudi.send(b"MSG hello Naman!\n")
+    assert naman.line() == b"MSG Yudi hello Naman!"  # omitted from Naman's transcript
+    naman.send(b"WHO\n")
+    assert naman.line() == b"USER Naman"
+    assert naman.line() == b"USER Yudi"
+    naman.send(b"QUIT\n")
+    assert naman.line() == b"Goodbye!"
+    assert naman.read_until_closed() == b""
+    assert yudi.line() == b"INFO Naman disconnected"
+
+
+def test_the_seed_readme_multi_terminal_steps(server):
+    alice = Client(server.port)
+    bob = Client(server.port)
+    alice.say("LOGIN alice")
+    alice.expect("OK")
+    bob.say("LOGIN bob")
+    bob.expect("OK")
+    alice.say("MSG Hello everyone!")
+    bob.expect("MSG alice Hello everyone!")
+    bob.say("MSG Hi alice!")
+    alice.expect("MSG bob Hi alice!")
+    bob.say("WHO")
+    bob.expect("USER alice", "USER bob")
+    alice.say("DM bob Private message")
+    bob.expect("DM alice Private message")
+    alice.say("PING")
+    alice.expect("PONG")
+    bob.say("EXIT")
+    bob.expect("Goodbye!")
+    alice.expect("INFO bob disconnected")
+    alice.say("QUIT")
+    alice.expect("Goodbye!")
+
+
+# -- every command and error ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "lines, replies",
+    [
+        (["PING"], ["PONG"]),
+        (["ping"], ["PONG"]),
+        (["LOGIN"], ["ERR missing-username"]),
+        (["LOGIN bad name"], ["ERR invalid-username"]),
+        (["LOGIN " + "x" * 33], ["ERR invalid-username"]),
+        (["LOGIN carol", "LOGIN dave"], ["OK", "ERR already-logged-in"]),
+        (["MSG hi"], ["ERR not-logged-in"]),
+        (["WHO"], ["ERR not-logged-in"]),
+        (["DM x hi"], ["ERR not-logged-in"]),
+        (["LOGIN carol", "MSG"], ["OK", "ERR missing-text"]),
+        (["LOGIN carol", "DM"], ["OK", "ERR missing-text"]),
+        (["LOGIN carol", "DM nobody"], ["OK", "ERR missing-text"]),
+        (["LOGIN carol", "DM nobody hi"], ["OK", "ERR user-not-found"]),
+        (["DANCE"], ["ERR unknown-command"]),
+        (["LOGIN carol", "DANCE"], ["OK", "ERR unknown-command"]),
+        (["LOGIN carol", "WHO"], ["OK", "USER carol"]),
+        (["LOGIN carol", "DM carol note to self"], ["OK", "DM carol note to self"]),
+        (["", "   ", "\t", "PING"], ["PONG"]),
+    ],
+)
+def test_replies_to_the_sender(server, lines, replies):
+    client = Client(server.port)
+    client.say(*lines)
+    client.expect(*replies)
+    client.sync()
+
+
+def test_username_taken_compares_like_protocol_md(server):
+    owner = login(server.port, "Naman")
+    for taken in ["Naman", "naman", "ＮＡＭＡＮ"]:
+        other = Client(server.port)
+        other.say(f"LOGIN {taken}")
+        other.expect("ERR username-taken")
+    owner.sync()
+
+
+def test_msg_reaches_every_other_logged_in_user_and_not_the_anonymous(server):
+    alice, bob, carol = (login(server.port, name) for name in ("alice", "bob", "carol"))
+    anonymous = Client(server.port)
+    alice.say("MSG  spaced   out\ttext ")  # the text starts after the separating run
+    bob.expect("MSG alice spaced   out\ttext")
+    carol.expect("MSG alice spaced   out\ttext")
+    for client in (alice, anonymous):
+        client.sync()
+
+
+def test_dm_reaches_only_its_target(server):
+    alice, bob, carol = (login(server.port, name) for name in ("alice", "bob", "carol"))
+    alice.say("DM BOB psst")
+    bob.expect("DM alice psst")
+    alice.sync()
+    for client in (alice, carol):
+        client.sync()
+
+
+def test_line_too_long_and_invalid_utf8(server):
+    client = Client(server.port)
+    client.send(b"x" * 5000 + b"\nPING\n")
+    client.expect("ERR line-too-long", "PONG")
+    client.send(b"PING \xc3\x28\n")  # 0xFF would start a Telnet command instead
+    client.expect("ERR invalid-utf8")
+    client.sync()
+
+
+def test_control_characters_never_reach_another_user(server):
+    alice, bob = login(server.port, "alice"), login(server.port, "bob")
+    alice.send("MSG \x1b[31mred\x00\x7f\u0085\u2028alert\n".encode())
+    assert bob.line() == b"MSG alice [31mredalert"
+
+
+def test_telnet_option_requests_are_refused(server):
+    client = Client(server.port)
+    client.send(b"\xff\xf4\xff\xfd\x06PING\r\n")  # what telnet sends for Ctrl+C
+    assert client.sock.recv(3) == b"\xff\xfc\x06"  # IAC WONT TIMING-MARK
+    client.expect("PONG")
+
+
+def test_an_http_request_runs_nothing_and_is_closed(server):
+    watcher = login(server.port, "watcher")
+    browser = Client(server.port)
+    browser.send(b"POST /chat HTTP/1.1\r\nHost: evil.example\r\n\r\nLOGIN mallory\nMSG spam\n")
+    assert browser.read_until_closed() == b""
+    watcher.say("WHO")
+    watcher.expect("USER watcher")
+    watcher.sync()
+
+
+# -- framing over TCP -------------------------------------------------------------------
+
+
+def test_crlf_lines(server):
+    client = Client(server.port)
+    client.send(b"LOGIN crlf\r\nWHO\r\nPING\r\n")
+    client.expect("OK", "USER crlf", "PONG")
+
+
+def test_a_command_delivered_one_byte_at_a_time(server):
+    client = Client(server.port)
+    for byte in b"LOGIN slow\nPING\n":
+        client.send(bytes([byte]))
+    client.expect("OK", "PONG")
+
+
+def test_several_commands_in_one_segment(server):
+    alice = login(server.port, "alice")
+    bob = Client(server.port)
+    bob.send(b"LOGIN bob\nMSG one\nMSG two\nWHO\nPING\n")
+    bob.expect("OK", "USER alice", "USER bob", "PONG")
+    alice.expect("MSG bob one", "MSG bob two")
+
+
+# -- disconnects --------------------------------------------------------------------------
+
+
+def _assert_exactly_one_info(watchers, name):
+    for watcher in watchers:
+        watcher.expect(f"INFO {name} disconnected")
+        watcher.sync()  # and nothing more before PONG
+
+
+@pytest.mark.parametrize("how", ["reset", "half-close", "close-mid-line", "quit", "exit"])
+def test_every_way_of_leaving_gives_one_info_per_remaining_user(server, how):
+    watchers = [login(server.port, "w1"), login(server.port, "w2")]
+    leaver = login(server.port, "leaver")
+    if how == "reset":
+        leaver.reset()
+    elif how == "half-close":
+        leaver.say("PING")
+        leaver.half_close()
+        leaver.expect("PONG")
+        assert leaver.read_until_closed() == b""
+    elif how == "close-mid-line":
+        leaver.send(b"MSG never final")
+        leaver.close()
+    else:
+        leaver.say(how.upper())
+        leaver.expect("Goodbye!")
+        assert leaver.read_until_closed() == b""
+    _assert_exactly_one_info(watchers, "leaver")
+
+
+def test_an_unfinished_last_line_is_discarded_at_end_of_stream(server):
+    watcher = login(server.port, "watcher")
+    leaver = login(server.port, "leaver")
+    leaver.send(b"MSG complete\nMSG incomplete")
+    leaver.half_close()
+    watcher.expect("MSG leaver complete", "INFO leaver disconnected")
+    watcher.sync()
+
+
+def test_lines_sent_after_quit_are_not_run(server):
+    watcher = login(server.port, "watcher")
+    leaver = login(server.port, "leaver")
+    leaver.send(b"QUIT\nMSG after quit\n")
+    leaver.expect("Goodbye!")
+    watcher.expect("INFO leaver disconnected")
+    watcher.sync()
+
+
+# -- idle timeout ---------------------------------------------------------------------------
+
+
+def test_idle_logged_in_user_is_told_and_the_others_informed():
+    with threaded_server(idle_timeout=0.6) as server:
+        idler = login(server.port, "idler")
+        time.sleep(0.3)  # pacing: the watcher's deadline comes three ticks later
+        watcher = login(server.port, "watcher")
+        idler.expect("ERR idle-timeout")
+        assert idler.read_until_closed() == b""
+        watcher.expect("INFO idler disconnected", "ERR idle-timeout")
+
+
+def test_idle_anonymous_connection_times_out_too():
+    with threaded_server(idle_timeout=0.2) as server:
+        client = Client(server.port)
+        assert client.read_until_closed() == b"ERR idle-timeout\n"
+
+
+def test_activity_postpones_the_idle_timeout():
+    idle = 0.6
+    with threaded_server(idle_timeout=idle) as server:
+        client = Client(server.port)
+        started = time.monotonic()
+        last_activity = started
+        while time.monotonic() - started < 1.5 * idle:  # bounded: about three pings
+            time.sleep(idle / 3)  # pacing the activity, not waiting for a result
+            client.sync()
+            last_activity = time.monotonic()
+        client.expect("ERR idle-timeout")
+        assert time.monotonic() - last_activity >= idle - 0.05
+        assert time.monotonic() - started >= 2.5 * idle - 0.05
+
+
+def test_bytes_without_a_line_end_are_not_activity():
+    with threaded_server(idle_timeout=0.4) as server:
+        client = Client(server.port)
+        started = time.monotonic()
+        for _ in range(10):  # a slowloris: a byte every 0.05 s, never an LF
+            client.send(b"x")
+            time.sleep(0.05)
+        client.expect("ERR idle-timeout")
+        assert time.monotonic() - started < 0.4 + 0.5 + 0.3  # deadline, a tick, slack
+
+
+def test_idle_timeout_zero_turns_it_off():
+    with threaded_server(idle_timeout=0) as server:
+        assert server.reactor._wheel.next_wakeup() is None
+        client = Client(server.port)
+        client.sync()
+        assert len(server.reactor._wheel) == 0
+
+
+# -- sockets are tuned ------------------------------------------------------------------------
+
+
+def test_accepted_sockets_have_tcp_nodelay(server):
+    client = login(server.port, "fast")
+    (conn,) = list(server.reactor._connections)
+    assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    client.sync()
