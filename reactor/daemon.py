@@ -122,6 +122,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except StartupError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return error.status
+    wakeup_read, wakeup_write = socket.socketpair()
+    reactor = Reactor(listener, config, wakeup=wakeup_read)
+    _route_signals(reactor, wakeup_write)  # before the startup line: a supervisor may signal at once
     port = listener.getsockname()[1]
     print(f"Chat server started on port {port}", flush=True)
     print("Waiting for connections... (Press Ctrl+C to stop)", flush=True)
@@ -131,9 +134,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "(use --host 127.0.0.1 to accept local clients only)",
             port,
         )
-    wakeup_read, wakeup_write = socket.socketpair()
-    reactor = Reactor(listener, config, wakeup=wakeup_read)
-    _route_signals(reactor, wakeup_write)
     try:
         reactor.serve_forever()
     finally:

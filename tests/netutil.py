@@ -164,21 +164,23 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        self.stdout_lines: List[bytes] = []
+        self.stdout_lines: List[bytes] = []  # raw chunks read while waiting for the port
         self.port = self._wait_for_port()
 
     def _wait_for_port(self) -> int:
+        """Read stdout (raw: ``communicate`` later bypasses any buffered reader) for the port."""
         deadline = time.monotonic() + 10
+        fd = self.process.stdout.fileno()
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.process.stdout], [], [], deadline - time.monotonic())
+            ready, _, _ = select.select([fd], [], [], deadline - time.monotonic())
             if not ready:
                 break
-            line = self.process.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            self.stdout_lines.append(line)
-            match = _STARTED.match(line)
-            if match:
+            self.stdout_lines.append(chunk)
+            match = _STARTED.search(b"".join(self.stdout_lines))
+            if match and b"\n" in b"".join(self.stdout_lines)[match.end() :]:
                 return int(match.group(1))
         self.process.kill()
         _, err = self.process.communicate(timeout=TIMEOUT)

@@ -1,0 +1,184 @@
+"""The chat-server process as an operator and a user meet it: started with
+``python -m reactor`` as the README says, stopped by signals, refusing bad
+configuration, and serving a real third-party client."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from netutil import ROOT, Client, ServerProcess, login, server_process
+from tools import ProcessClient, require
+
+
+def run_daemon(*args: str, env=None, timeout: float = 10) -> subprocess.CompletedProcess:
+    """Run ``python -m reactor`` expecting it to exit by itself."""
+    return subprocess.run(
+        [sys.executable, "-m", "reactor", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=timeout,
+    )
+
+
+# -- starting -----------------------------------------------------------------------
+
+
+def test_startup_lines_on_stdout_and_connections_logged_on_stderr():
+    with server_process() as server:
+        client = login(server.port, "alice")
+        client.say("MSG a secret only alice knows")
+        client.sync()
+        client.say("QUIT")
+        client.expect("Goodbye!")
+        assert client.read_until_closed() == b""
+        peer = "('127.0.0.1', %d)" % client.sock.getsockname()[1]
+        status, out, err = server.stop()
+    assert status == 0
+    assert out.startswith(
+        b"Chat server started on port %d\nWaiting for connections... (Press Ctrl+C to stop)\n"
+        % server.port
+    )
+    log = err.decode()
+    assert f"New connection from {peer}\n" in log
+    assert f"Connection closed: {peer}\n" in log
+    assert "secret" not in log  # users' messages are theirs
+    assert "Traceback" not in log
+
+
+def test_listening_on_every_interface_says_who_can_join():
+    server = ServerProcess("--port", "0")  # the default host, 0.0.0.0
+    try:
+        status, _, err = server.stop()
+    finally:
+        server.kill()
+    assert status == 0
+    assert "anyone who can reach port %d can join" % server.port in err.decode()
+
+
+def test_the_port_comes_from_the_environment_and_the_flag_wins():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    server = ServerProcess("--host", "127.0.0.1", env={"PORT": str(free)})
+    try:
+        assert server.port == free
+    finally:
+        server.kill()
+    server = ServerProcess("--host", "127.0.0.1", "--port", "0", env={"PORT": str(free)})
+    try:
+        assert server.port != free
+    finally:
+        server.kill()
+
+
+# -- stopping ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_tells_everyone_flushes_and_exits_zero(signum):
+    with server_process() as server:
+        alice = login(server.port, "alice")
+        bob = login(server.port, "bob")
+        anonymous = Client(server.port)
+        anonymous.sync()
+        status, out, err = server.stop(signum)
+        for client in (alice, bob, anonymous):
+            # Everyone gets the reason, and no INFO about the others leaving.
+            assert client.read_until_closed() == b"ERR server-shutting-down\n"
+    assert status == 0, err
+    assert b"Traceback" not in err
+
+
+def test_shutdown_with_no_clients_is_immediate():
+    with server_process() as server:
+        status, _, err = server.stop(signal.SIGINT, timeout=3)
+    assert status == 0 and b"Traceback" not in err
+
+
+# -- bad configuration ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, env, names",
+    [
+        (["--port", "70000"], {}, "--port"),
+        (["--port", "http"], {}, "--port"),
+        ([], {"PORT": "abc"}, "PORT"),
+        (["--idle-timeout", "-1"], {}, "--idle-timeout"),
+        ([], {"IDLE_TIMEOUT": "soon"}, "IDLE_TIMEOUT"),
+        (["--max-clients", "0"], {}, "--max-clients"),
+        (["--max-line", "0"], {}, "--max-line"),
+        (["--rate", "-5"], {}, "--rate"),
+        ([], {"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        (["--no-such-flag"], {}, "--no-such-flag"),
+    ],
+)
+def test_a_bad_value_exits_2_with_one_line_naming_it(args, env, names):
+    import os
+
+    environment = {key: value for key, value in os.environ.items() if key != "PORT"}
+    environment.update(env)
+    result = run_daemon(*args, env=environment)
+    assert result.returncode == 2
+    assert result.stdout == b""  # it never started
+    err = result.stderr.decode()
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and names in errors[0]
+
+
+def test_a_port_in_use_exits_1_with_one_line():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_daemon("--host", "127.0.0.1", "--port", str(port))
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert result.stderr.decode().splitlines() == [
+        f"chat-server: error: port {port} is already in use (is another server running?)"
+    ]
+
+
+def test_help_and_version():
+    help_text = run_daemon("--help")
+    assert help_text.returncode == 0 and b"--idle-timeout" in help_text.stdout
+    version = run_daemon("--version")
+    assert version.returncode == 0 and version.stdout.startswith(b"chat-server ")
+
+
+# -- a real third-party client --------------------------------------------------------------
+
+
+def test_the_seed_session_through_netcat():
+    nc = require("nc")
+    with server_process() as server:
+        # -N: shut the socket down when standard input ends, as a scripted user would.
+        naman = ProcessClient([nc, "-N", "127.0.0.1", str(server.port)])
+        yudi = ProcessClient([nc, "-N", "127.0.0.1", str(server.port)])
+        try:
+            naman.say("LOGIN Naman")
+            naman.expect("OK")
+            yudi.say("LOGIN Yudi")
+            yudi.expect("OK")
+            naman.say("MSG hi everyone!", "MSG how are you?")
+            yudi.expect("MSG Naman hi everyone!", "MSG Naman how are you?")
+            yudi.say("MSG hello Naman!")
+            naman.expect("MSG Yudi hello Naman!")
+            naman.say("WHO")
+            naman.expect("USER Naman", "USER Yudi")
+            naman.say("QUIT")
+            naman.expect("Goodbye!")
+            yudi.expect("INFO Naman disconnected")
+            assert naman.close() == 0
+            assert yudi.close() == 0
+        finally:
+            for client in (naman, yudi):
+                if client.process.poll() is None:
+                    client.process.kill()

@@ -1,0 +1,73 @@
+"""Third-party programs the interoperability tests drive (nc, socat, ncat, telnet, tmux).
+
+.ci/run installs them and sets CHAT_REQUIRE_TOOLS=1, so in CI a missing tool
+fails the test; on a developer machine without it the test is skipped with
+the package to install.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import subprocess
+import time
+from typing import List
+
+import pytest
+
+PACKAGES = {"nc": "netcat-openbsd", "socat": "socat", "ncat": "ncat", "telnet": "telnet", "tmux": "tmux"}
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path:
+        return path
+    message = f"{tool} is not installed (Debian package {PACKAGES.get(tool, tool)})"
+    if os.environ.get("CHAT_REQUIRE_TOOLS"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+class ProcessClient:
+    """A line client that is another program (nc, socat): we type into its stdin."""
+
+    def __init__(self, argv: List[str]) -> None:
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        self._buffer = b""
+
+    def say(self, *lines: str) -> None:
+        self.process.stdin.write("".join(line + "\n" for line in lines).encode())
+        self.process.stdin.flush()
+
+    def line(self, timeout: float = 5.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        out = self.process.stdout
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no line within {timeout} s (have {self._buffer!r})"
+            ready, _, _ = select.select([out], [], [], remaining)
+            if ready:
+                chunk = os.read(out.fileno(), 65536)
+                assert chunk, f"end of output while waiting for a line (have {self._buffer!r})"
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    def expect(self, *lines: str) -> None:
+        for expected in lines:
+            got = self.line().decode("utf-8", "replace")
+            assert got == expected, f"expected {expected!r}, got {got!r}"
+
+    def close(self, timeout: float = 5.0) -> int:
+        """End its input and wait for it to exit (killing it after ``timeout``)."""
+        if self.process.stdin and not self.process.stdin.closed:
+            self.process.stdin.close()
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+            raise AssertionError(f"{self.process.args[0]} did not exit within {timeout} s")
