@@ -1,0 +1,400 @@
+"""Properties of LineFramer + ChatMachine under hostile input.
+
+Layers:
+
+- (a) arbitrary bytes for several connections, cut into arbitrary chunks,
+  through one ``LineFramer`` per connection into one ``ChatMachine``: nothing
+  raises, and every byte string the machine sends is well-formed wire data
+  (a three-byte Telnet refusal, or complete UTF-8 lines of a known shape with
+  no control character);
+- (b) the same input fed whole, split anywhere, one byte at a time, or taken
+  with budgets of one gives the same events and the same effects;
+- (c) determinism: two fresh machines given the same events (with
+  identity-hashed connection ids, different objects in each) agree;
+- (d) ``ProtocolUsageError``, and nothing else, for breaches of the event
+  contract;
+- the seed README's example session, replayed byte for byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import unicodedata
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import strategies as gen
+from model import is_control, is_valid_shown_name
+from protocol import (
+    Broadcast,
+    ChatMachine,
+    Close,
+    ConnectionClosed,
+    ConnectionOpened,
+    Deliver,
+    IdleTimedOut,
+    LineFramer,
+    LineReceived,
+    LineTooLong,
+    ProtocolUsageError,
+    Reply,
+    ShutdownStarted,
+    TelnetOptionRequested,
+    output_by_connection,
+)
+
+BIG = 10**9  # a budget that never runs out
+
+# -- driving framers and a machine ------------------------------------------------
+
+# An op is ("data", i, bytes), ("idle", i), ("eof", i) or ("shutdown",), where i
+# indexes the connections, all opened first.  Whatever is left open at the end
+# gets end of stream and ConnectionClosed, as the reactor would.
+def ops_for(n: int):
+    conn = st.integers(0, n - 1)
+    return st.lists(
+        st.one_of(
+            st.tuples(st.just("data"), conn, gen.stream_bytes),
+            st.tuples(st.just("data"), conn, gen.stream_bytes),
+            st.tuples(st.just("data"), conn, gen.stream_bytes),
+            st.tuples(st.just("data"), conn, gen.chat_bytes),
+            st.tuples(st.just("data"), conn, gen.chat_bytes),
+            st.tuples(st.just("data"), conn, st.binary(max_size=64)),
+            st.tuples(st.sampled_from(("idle", "eof")), conn),
+            st.just(("shutdown",)),
+        ),
+        max_size=12,
+    )
+
+
+scenarios = st.sampled_from((2, 2, 3, 1)).flatmap(
+    lambda n: st.tuples(st.just(n), st.sampled_from((4096, 4096, 4096, 4096, 32, 5, 1)), ops_for(n))
+)
+"""(number of connections, max_line, ops)."""
+
+Splitter = Callable[[bytes], List[bytes]]
+
+
+def whole(data: bytes) -> List[bytes]:
+    return [data]
+
+
+def bytewise(data: bytes) -> List[bytes]:
+    return [data[i : i + 1] for i in range(len(data))]
+
+
+def run(
+    n: int,
+    max_line: int,
+    ops: Sequence[tuple],
+    split: Splitter = whole,
+    budget: Tuple[int, int] = (BIG, BIG),
+    conns: Sequence[object] = (),
+    machine: ChatMachine = None,
+) -> Tuple[list, list]:
+    """Feed ``ops`` through framers into a machine; return (events, effects)."""
+    conns = list(conns) or list(range(n))
+    machine = machine or ChatMachine()
+    framers = {conn: LineFramer(conn, max_line) for conn in conns}
+    events: list = []
+    effects: list = []
+
+    def handle(event) -> None:
+        events.append(event)
+        effects.extend(machine.handle(event))
+
+    def drain(framer: LineFramer) -> None:
+        for _ in range(100_000):
+            for event in framer.take(*budget).events:
+                handle(event)
+            if not framer.pending:
+                # protocol.md: never more than --max-line bytes of an unfinished line.
+                assert framer.buffered <= max_line, (framer.buffered, max_line)
+                return
+        raise AssertionError("the framer never stops being pending")
+
+    for conn in conns:
+        handle(ConnectionOpened(conn))
+    shut = False
+    for op in ops:
+        if op[0] == "shutdown":
+            if not shut:
+                shut = True
+                handle(ShutdownStarted())
+            continue
+        conn = conns[op[1]]
+        if conn not in framers:
+            continue  # already reported closed
+        if op[0] == "data":
+            for piece in split(op[2]):
+                framers[conn].feed(piece)
+                drain(framers[conn])
+        elif op[0] == "idle":
+            handle(IdleTimedOut(conn))
+        else:  # eof
+            framers[conn].end_of_stream()
+            drain(framers.pop(conn))
+            handle(ConnectionClosed(conn))
+    for conn, framer in list(framers.items()):
+        framer.end_of_stream()
+        drain(framer)
+        handle(ConnectionClosed(conn))
+    return events, effects
+
+
+# -- (a) nothing raises, and all output is well-formed ------------------------------------
+
+ERROR_CODES = {
+    "username-taken",
+    "invalid-username",
+    "missing-username",
+    "already-logged-in",
+    "not-logged-in",
+    "missing-text",
+    "user-not-found",
+    "unknown-command",
+    "line-too-long",
+    "invalid-utf8",
+    "idle-timeout",
+    "server-full",
+    "server-shutting-down",
+}  # protocol.md; rate-limited is "never sent"
+
+
+def check_name(name: str) -> None:
+    assert name == unicodedata.normalize("NFKC", name) and is_valid_shown_name(name), name
+
+
+def check_line(line: str) -> None:
+    """One server line, without its LF: a known shape, no control character."""
+    assert line, "empty line"
+    assert not any(is_control(ch) for ch in line), ascii(line)
+    if line in ("OK", "PONG", "Goodbye!"):
+        return
+    word, _, rest = line.partition(" ")
+    if word == "ERR":
+        assert rest in ERROR_CODES, line
+    elif word == "USER":
+        check_name(rest)
+    elif word == "INFO":
+        name, _, tail = rest.partition(" ")
+        check_name(name)
+        assert tail == "disconnected", line
+    elif word in ("MSG", "DM"):
+        name, _, text = rest.partition(" ")
+        check_name(name)
+        assert text, line
+    else:
+        raise AssertionError(f"unknown line {line!r}")
+
+
+def check_wire(data: bytes, many_lines: bool) -> None:
+    """Well-formed output: a Telnet refusal, or complete lines (several only in a Reply)."""
+    assert data, "empty send"
+    if data[0] == 0xFF:
+        assert len(data) == 3 and data[1] in (0xFC, 0xFE), data
+        return
+    text = data.decode("utf-8")
+    assert text.endswith("\n"), data
+    lines = text[:-1].split("\n")
+    assert many_lines or len(lines) == 1, data
+    for line in lines:
+        check_line(line)
+
+
+def check_output(effects) -> None:
+    for effect in effects:
+        if isinstance(effect, Reply):
+            check_wire(effect.data, many_lines=True)  # WHO answers in one Reply
+        elif isinstance(effect, (Deliver, Broadcast)):
+            check_wire(effect.data, many_lines=False)
+        else:
+            assert isinstance(effect, Close), effect
+
+
+@given(scenarios)
+def test_any_bytes_give_well_formed_output(scenario):
+    n, max_line, ops = scenario
+    _, effects = run(n, max_line, ops)
+    check_output(effects)
+
+
+@given(st.lists(st.tuples(st.integers(0, 2), st.binary(min_size=1, max_size=200)), max_size=10))
+def test_raw_binary_never_raises(chunks):
+    ops = [("data", i, data) for i, data in chunks]
+    _, effects = run(3, 16, ops)
+    check_output(effects)
+
+
+# -- (b) however the bytes are cut, the same events and effects --------------------------------
+
+
+@given(scenarios, st.data())
+def test_split_anywhere_changes_nothing(scenario, data):
+    n, max_line, ops = scenario
+
+    def anywhere(chunk: bytes) -> List[bytes]:
+        cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(chunk) - 1)), max_size=6)))
+        bounds = [0] + [c for c in cuts if c < len(chunk)] + [len(chunk)]
+        return [chunk[a:b] for a, b in zip(bounds, bounds[1:]) if a < b]
+
+    reference = run(n, max_line, ops)
+    assert run(n, max_line, ops, split=anywhere) == reference
+    assert run(n, max_line, ops, split=bytewise) == reference
+    assert run(n, max_line, ops, budget=(1, 1)) == reference
+
+
+def test_one_byte_at_a_time_example():
+    stream = b"\xff\xfd\x06LOGIN a\r\nPI\xff\xf4NG\nMSG " + b"x" * 50 + b"\nWHO\n"
+    ops = [("data", 0, stream)]
+    reference = run(1, 32, ops)
+    assert run(1, 32, ops, split=bytewise) == reference
+    assert output_by_connection(reference[1]) == {
+        0: b"\xff\xfc\x06OK\nPONG\nERR line-too-long\nUSER a\n"
+    }
+
+
+# -- (c) determinism ---------------------------------------------------------------------------
+
+
+class Ident:
+    """A connection id that hashes by identity, like the reactor's connection objects."""
+
+    def __init__(self, label: int) -> None:
+        self.label = label
+
+    def __repr__(self) -> str:
+        return f"Ident({self.label})"
+
+
+def relabel(effect, mapping: Dict[object, object]):
+    """``effect`` with every connection id translated through ``mapping``."""
+    if isinstance(effect, Broadcast):
+        exclude = None if effect.exclude is None else mapping[effect.exclude]
+        return Broadcast(effect.data, tuple(mapping[c] for c in effect.audience), exclude)
+    return dataclasses.replace(effect, conn=mapping[effect.conn])
+
+
+@given(scenarios)
+def test_same_events_same_effects(scenario):
+    n, max_line, ops = scenario
+    first = [Ident(i) for i in range(n)]
+    second = [Ident(i) for i in range(n)]
+    _, effects_a = run(n, max_line, ops, conns=first)
+    _, effects_b = run(n, max_line, ops, conns=second)
+    back = dict(zip(second, first))
+    assert [relabel(e, back) for e in effects_b] == effects_a
+    _, effects_c = run(n, max_line, ops, conns=first)
+    assert effects_c == effects_a
+
+
+# -- (d) contract breaches raise ProtocolUsageError, and only that ---------------------------------
+
+EVENTS_FOR = {
+    "line": lambda c: LineReceived(c, b"PING"),
+    "too-long": lambda c: LineTooLong(c),
+    "telnet": lambda c: TelnetOptionRequested(c, 253, 6),
+    "idle": lambda c: IdleTimedOut(c),
+    "closed": lambda c: ConnectionClosed(c),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(EVENTS_FOR))
+def test_event_for_a_never_opened_conn_raises(kind):
+    machine = ChatMachine()
+    machine.handle(ConnectionOpened("a"))
+    with pytest.raises(ProtocolUsageError):
+        machine.handle(EVENTS_FOR[kind]("nobody"))
+
+
+@pytest.mark.parametrize("kind", sorted(EVENTS_FOR))
+def test_event_after_connection_closed_raises(kind):
+    machine = ChatMachine()
+    machine.handle(ConnectionOpened("a"))
+    machine.handle(ConnectionClosed("a"))
+    with pytest.raises(ProtocolUsageError):
+        machine.handle(EVENTS_FOR[kind]("a"))
+
+
+@pytest.mark.parametrize("before", [[], [b"LOGIN a"], [b"QUIT"], [b"GET / HTTP/1.1"]])
+def test_double_open_raises(before):
+    machine = ChatMachine()
+    machine.handle(ConnectionOpened("a"))
+    for line in before:
+        machine.handle(LineReceived("a", line))
+    with pytest.raises(ProtocolUsageError):
+        machine.handle(ConnectionOpened("a"))
+
+
+@given(scenarios, st.sampled_from(sorted(EVENTS_FOR) + ["open"]), st.booleans())
+def test_breach_after_any_history_raises(scenario, kind, on_closed_conn):
+    n, max_line, ops = scenario
+    machine = ChatMachine()
+    run(n, max_line, ops, machine=machine)  # every conn 0..n-1 is reported closed by now
+    users = machine.usernames()
+    if kind == "open":
+        machine.handle(ConnectionOpened("fresh"))
+        event = ConnectionOpened("fresh")
+    else:
+        event = EVENTS_FOR[kind](0 if on_closed_conn else "never")
+    with pytest.raises(ProtocolUsageError):
+        machine.handle(event)
+    assert machine.usernames() == users
+
+
+# -- the seed README's example session -------------------------------------------------------
+
+# Each terminal's transcript from seed-README.md: "> " marks what the user
+# typed, the rest is what the terminal received.  protocol.md: Naman's
+# transcript omits the "MSG Yudi hello Naman!" his terminal receives, so it
+# is added here, where it arrives (after Yudi sends it, before the WHO).
+NAMAN = """\
+> LOGIN Naman
+OK
+> MSG hi everyone!
+> MSG how are you?
+MSG Yudi hello Naman!
+> WHO
+USER Naman
+USER Yudi
+> QUIT
+Goodbye!
+"""
+YUDI = """\
+> LOGIN Yudi
+OK
+MSG Naman hi everyone!
+MSG Naman how are you?
+> MSG hello Naman!
+INFO Naman disconnected
+"""
+# Who types what, in order (both log in before Naman's first message).
+SESSION = [
+    ("naman", "LOGIN Naman"),
+    ("yudi", "LOGIN Yudi"),
+    ("naman", "MSG hi everyone!"),
+    ("naman", "MSG how are you?"),
+    ("yudi", "MSG hello Naman!"),
+    ("naman", "WHO"),
+    ("naman", "QUIT"),
+]
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+@pytest.mark.parametrize("split", [whole, bytewise], ids=["whole", "bytewise"])
+def test_seed_readme_session(newline, split):
+    typed = {"naman": [l[2:] for l in NAMAN.splitlines() if l.startswith("> ")],
+             "yudi": [l[2:] for l in YUDI.splitlines() if l.startswith("> ")]}
+    assert typed == {who: [line for w, line in SESSION if w == who] for who in typed}
+    index = {"naman": 0, "yudi": 1}
+    ops = [("data", index[who], line.encode() + newline) for who, line in SESSION]
+    _, effects = run(2, 4096, ops, split=split, conns=["naman", "yudi"])
+    received = output_by_connection(effects)
+    for who, transcript in (("naman", NAMAN), ("yudi", YUDI)):
+        want = "".join(l + "\n" for l in transcript.splitlines() if not l.startswith("> "))
+        assert received[who] == want.encode(), who
+    closes = [(e.conn, e.reason.value) for e in effects if isinstance(e, Close)]
+    assert closes == [("naman", "quit")]
