@@ -42,6 +42,7 @@ from .effects import (
 from .events import (
     ConnectionClosed,
     ConnectionOpened,
+    ConnectionsClosed,
     ConnId,
     Event,
     IdleTimedOut,
@@ -68,6 +69,7 @@ __all__ = [
     "ConnState",
     "ConnectionClosed",
     "ConnectionOpened",
+    "ConnectionsClosed",
     "DEFAULT_MAX_LINE",
     "Deliver",
     "ERROR_CODES",

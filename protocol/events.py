@@ -13,22 +13,23 @@ identity-hashed objects keep the machine deterministic.
 
 Who produces what:
 
-- the reactor: ``ConnectionOpened``, ``ConnectionClosed``, ``IdleTimedOut``,
+- the reactor: ``ConnectionOpened``, ``ConnectionClosed`` (or
+  ``ConnectionsClosed`` for several at once), ``IdleTimedOut``,
   ``ShutdownStarted`` (it owns sockets, the clock and signals);
 - the line framer (``protocol.framing``), which the reactor feeds with the
   bytes it reads: ``LineReceived``, ``LineTooLong`` and
   ``TelnetOptionRequested``.
 
 Contract for callers: open a connection before anything else happens on it,
-and report its end with ``ConnectionClosed`` exactly once, even when the
-machine itself asked for the close.  Breaking that contract is a programming
+and report its end exactly once (with ``ConnectionClosed`` or within one
+``ConnectionsClosed``), even when the machine itself asked for the close.  Breaking that contract is a programming
 error and raises ``ProtocolUsageError``; nothing a *client* sends can.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Hashable, Union
+from typing import Hashable, Tuple, Union
 
 ConnId = Hashable
 
@@ -87,6 +88,18 @@ class ConnectionClosed:
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectionsClosed:
+    """Several connections ended at the same moment (in one turn of the loop).
+
+    Each remaining user hears about each leaver, and the leavers are not told
+    about each other: a mass disconnect of N users costs N lines per survivor,
+    not N * N / 2 lines, most of them to sockets that are already gone.
+    """
+
+    conns: Tuple[ConnId, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ShutdownStarted:
     """The server is stopping; every open connection is about to be closed."""
 
@@ -98,5 +111,6 @@ Event = Union[
     TelnetOptionRequested,
     IdleTimedOut,
     ConnectionClosed,
+    ConnectionsClosed,
     ShutdownStarted,
 ]

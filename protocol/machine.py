@@ -22,7 +22,7 @@ is in this table, and nowhere else::
     any but CLOSING QUIT or EXIT                  CLOSING  (Goodbye!)
     any but CLOSING IdleTimedOut                  CLOSING  (ERR idle-timeout)
     any but CLOSING ShutdownStarted               CLOSING  (ERR server-shutting-down)
-    any             ConnectionClosed              (forgotten)
+    any             ConnectionClosed(s)           (forgotten)
 
 Every other event leaves the state as it is.  A CLOSING connection ignores
 all input: the machine has asked for it to be closed, and nothing it sent
@@ -56,6 +56,7 @@ from .effects import Broadcast, Close, CloseReason, Deliver, Effect, Reply
 from .events import (
     ConnectionClosed,
     ConnectionOpened,
+    ConnectionsClosed,
     ConnId,
     IdleTimedOut,
     LineReceived,
@@ -157,6 +158,7 @@ class ChatMachine:
             TelnetOptionRequested: self._telnet_option_requested,
             IdleTimedOut: self._idle_timed_out,
             ConnectionClosed: self._connection_closed,
+            ConnectionsClosed: self._connections_closed,
             ShutdownStarted: self._shutdown_started,
         }
         self._command_handlers: Dict[Command, Callable[..., List[Effect]]] = {
@@ -256,13 +258,26 @@ class ChatMachine:
         return effects
 
     def _connection_closed(self, event: ConnectionClosed) -> List[Effect]:
-        conn = event.conn
-        session = self._session(conn)
-        effects = self._leave(conn, session)
-        del self._sessions[conn]
-        if session.admitted:
-            self._admitted -= 1
-        return effects
+        return self._forget([event.conn])
+
+    def _connections_closed(self, event: ConnectionsClosed) -> List[Effect]:
+        return self._forget(event.conns)
+
+    def _forget(self, conns) -> List[Effect]:
+        """Drop connections that ended together; tell the users who remain about each."""
+        for conn in conns:
+            self._session(conn)  # every one must be open: check before changing anything
+        if len(set(conns)) != len(conns):
+            raise ProtocolUsageError(f"a connection is reported closed twice: {conns!r}")
+        leavers = []
+        for conn in conns:
+            session = self._sessions.pop(conn)
+            if session.admitted:
+                self._admitted -= 1
+            member = self._remove_member(conn, session)
+            if member is not None:
+                leavers.append(member)
+        return self._announce_departures(leavers)
 
     def _shutdown_started(self, event: ShutdownStarted) -> List[Effect]:
         """Everyone is told and closed; nobody is told about anybody else leaving."""
@@ -345,17 +360,26 @@ class ChatMachine:
 
     def _leave(self, conn: ConnId, session: _Session) -> List[Effect]:
         """Mark ``conn`` CLOSING; if it was logged in, tell the others it left."""
+        member = self._remove_member(conn, session)
+        return self._announce_departures([] if member is None else [member])
+
+    def _remove_member(self, conn: ConnId, session: _Session) -> Optional[_Member]:
+        """Mark ``conn`` CLOSING and log it out; the member it was, if any."""
         member = session.member
         session.state = CLOSING
-        if member is None:
+        if member is not None:
+            session.member = None
+            del self._members[conn]
+            del self._conn_by_key[member.name.key]
+            self._membership_changed()
+        return member
+
+    def _announce_departures(self, leavers: List[_Member]) -> List[Effect]:
+        """One INFO per leaver to every remaining user, all sharing one audience."""
+        if not leavers or not self._members:
             return []
-        session.member = None
-        del self._members[conn]
-        del self._conn_by_key[member.name.key]
-        self._membership_changed()
-        if not self._members:
-            return []
-        return [Broadcast(wire.disconnected(member.name.wire), self._current_audience())]
+        audience = self._current_audience()
+        return [Broadcast(wire.disconnected(member.name.wire), audience) for member in leavers]
 
     def _membership_changed(self) -> None:
         self._audience = None

@@ -47,8 +47,10 @@ lines are answered first).  Before closing with output just sent, the
 socket is shut for writing and the peer's remaining input is drained until
 its FIN or the deadline (a *lingering close*): closing a socket with unread
 input makes the kernel send RST, which can destroy the last line in
-flight.  The machine hears ``ConnectionClosed`` exactly once per
-connection.
+flight.  The machine hears of every connection's end exactly once, at the
+flush of the turn it ended in; several ends in one turn are reported
+together (``ConnectionsClosed``), so a mass disconnect does not make the
+leavers' INFO lines to each other cost N * N / 2.
 
 Errors.  ``EAGAIN`` and ``EINTR`` mean "not now"; ``ECONNRESET``, ``EPIPE``
 and friends mean the peer is gone, and only that connection closes.  Python
@@ -74,6 +76,7 @@ from protocol import (
     CloseReason,
     ConnectionClosed,
     ConnectionOpened,
+    ConnectionsClosed,
     Deliver,
     IdleTimedOut,
     Reply,
@@ -144,6 +147,7 @@ class Reactor:
         self._carried: List[Connection] = []  # parsed input left by the work budget
         self._closing: List[Connection] = []  # to close once their output is flushed
         self._writable: List[Connection] = []
+        self._ended: List[Connection] = []  # gone, not yet reported to the machine
         self._shutdown_requested = False
         self._stop_at: Optional[float] = None
         listener.setblocking(False)
@@ -210,6 +214,7 @@ class Reactor:
         """Release every socket (after ``serve_forever``, or to abandon the loop)."""
         for conn in list(self._connections):
             self._close_now(conn)
+        self._report_ended()
         self._stop_listening()
         self._selector.close()
 
@@ -418,6 +423,7 @@ class Reactor:
         """
         outbox = self._outbox
         while True:
+            self._report_ended()
             while outbox:
                 outbox.drain(self._deliver)
             writable, self._writable = self._writable, []
@@ -433,7 +439,7 @@ class Reactor:
                         self._closing.append(conn)
                     elif not conn.lingering:
                         self._linger_or_close(conn)
-            if not outbox:
+            if not outbox and not self._ended:
                 return
 
     def _deliver(self, conn: Connection, pieces: list, reply_bytes: int) -> None:
@@ -565,9 +571,26 @@ class Reactor:
         self._report_closed(conn)
 
     def _report_closed(self, conn: Connection) -> None:
+        """Queue ``conn``'s end for the machine; ``_report_ended`` tells it at the flush."""
         if not conn.reported:
             conn.reported = True
-            self._apply(self._machine.handle(ConnectionClosed(conn)))
+            self._ended.append(conn)
+
+    def _report_ended(self) -> None:
+        """Tell the machine which connections ended this turn, all at once.
+
+        Reported together, leavers are not told about each other: a mass
+        disconnect of N users costs N INFO lines per survivor, not N * N / 2
+        lines, most of them to sockets that are already gone.
+        """
+        if not self._ended:
+            return
+        ended, self._ended = self._ended, []
+        if len(ended) == 1:
+            event = ConnectionClosed(ended[0])
+        else:
+            event = ConnectionsClosed(tuple(ended))
+        self._apply(self._machine.handle(event))
 
     # -- shutdown ----------------------------------------------------------
 

@@ -263,6 +263,21 @@ class ChatModel:
             self.admitted.remove(conn)
         return self._done()
 
+    def closed_together(self, conns: List[Conn]) -> Expected:
+        """Several connections ended at once: the rest hear of each leaver; leavers of none."""
+        for conn in conns:
+            assert conn in self.state, "model misuse: close of a conn not open"
+        leaving = [self.names[conn] for conn in conns if conn in self.names]
+        for conn in conns:
+            if self.state[conn] == LOGGED_IN:
+                self._leave(conn, tell_others=False)
+            del self.state[conn]
+            if conn in self.admitted:
+                self.admitted.remove(conn)
+        for name in leaving:
+            self._tell_others(None, f"INFO {name} disconnected")
+        return self._done()
+
     def shutdown(self) -> Expected:
         self.shut_down = True
         for conn in list(self.state):

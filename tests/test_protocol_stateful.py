@@ -43,6 +43,7 @@ from protocol import (
     ChatMachine,
     Close,
     ConnectionClosed,
+    ConnectionsClosed,
     ConnectionOpened,
     Deliver,
     IdleTimedOut,
@@ -106,6 +107,8 @@ def step(machine: ChatMachine, model: ChatModel, event) -> None:
         expected = model.idle(event.conn)
     elif isinstance(event, ConnectionClosed):
         expected = model.closed(event.conn)
+    elif isinstance(event, ConnectionsClosed):
+        expected = model.closed_together(list(event.conns))
     elif isinstance(event, ShutdownStarted):
         expected = model.shutdown()
     else:  # pragma: no cover
@@ -301,6 +304,14 @@ class ChatComparison(RuleBasedStateMachine):
     def close(self, conn):
         self.open_conns.remove(conn)
         self.send(ConnectionClosed(conn))
+
+    @rule(first=consumes(conns), second=consumes(conns), third=st.one_of(st.none(), consumes(conns)))
+    def close_together(self, first, second, third):
+        """A mass disconnect: several connections end in one turn of the loop."""
+        together = [conn for conn in (first, second, third) if conn is not None]
+        for conn in together:
+            self.open_conns.remove(conn)
+        self.send(ConnectionsClosed(tuple(together)))
 
     @rule(now=st.integers(0, 3))
     def shutdown(self, now):
