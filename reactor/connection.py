@@ -10,6 +10,14 @@ sent, oldest first.  ``send_queued`` makes one system call for all of it:
 ``send`` where it does not (Windows).  A partial send keeps the unsent tail
 as a ``memoryview`` slice, so nothing is copied twice.
 
+How much of the unsent output is *replies to the client's own commands*
+decides whether it is a slow consumer (protocol.md, Limits), so each turn's
+output is recorded as a chunk: where it ends in the connection's output
+stream and how many reply bytes it holds.  A chunk's replies stop counting
+once the whole chunk is sent.  That over-counts by at most the replies of
+the one chunk being sent, and never lets credit build up: replies that were
+sent are not counted again.
+
 The class holds state and the socket calls on it; deciding *when* to read,
 write or close is the loop's job (``reactor.loop``).
 """
@@ -17,7 +25,8 @@ write or close is the loop's job (``reactor.loop``).
 from __future__ import annotations
 
 import socket
-from typing import List, Optional, Tuple, Union
+from collections import deque
+from typing import Deque, List, Optional, Tuple, Union
 
 from protocol import LineFramer
 
@@ -44,7 +53,9 @@ class Connection:
         "bucket",
         "queue",
         "queued",
+        "written",
         "reply_bytes",
+        "reply_chunks",
         "last_active",
         "idle_timer",
         "timer",
@@ -71,9 +82,12 @@ class Connection:
         self.bucket = bucket  # None when flood control is off
         self.queue: List[Piece] = []  # output not yet sent, oldest first
         self.queued = 0  # bytes in queue
-        # Reply bytes queued since the queue was last empty: an upper bound of
-        # the replies (to its own commands) among the unsent bytes.
+        self.written = 0  # bytes handed to the kernel since the connection opened
+        # Replies (to its own commands) among the unsent bytes, at most one
+        # chunk's worth too many; reply_chunks holds (stream offset where a
+        # chunk ends, its reply bytes) for unsent chunks that have replies.
         self.reply_bytes = 0
+        self.reply_chunks: Optional[Deque[Tuple[int, int]]] = None  # made when needed
         self.last_active = now  # when the last complete line arrived
         self.idle_timer: Optional[Timer] = None
         self.timer: Optional[Timer] = None  # flood-control resume, or the close deadline
@@ -97,7 +111,7 @@ class Connection:
         """Append output behind what is already waiting; sends nothing."""
         self.queue.extend(pieces)
         self.queued += sum(map(len, pieces))
-        self.reply_bytes += reply_bytes
+        self._count_replies(reply_bytes)
 
     def send_now(self, data: bytes, reply_bytes: int) -> None:
         """Send ``data`` on an empty queue; what the kernel does not take is queued.
@@ -110,10 +124,20 @@ class Connection:
             sent = 0
         except OSError as error:
             raise PeerGone(error) from None
+        self.written += sent
         if sent < len(data):
             self.queue.append(memoryview(data)[sent:] if sent else data)
             self.queued = len(data) - sent
-            self.reply_bytes = reply_bytes
+            self._count_replies(reply_bytes)
+
+    def _count_replies(self, reply_bytes: int) -> None:
+        """Record that the chunk just queued (ending the queue) holds ``reply_bytes`` replies."""
+        if not reply_bytes:
+            return
+        if self.reply_chunks is None:
+            self.reply_chunks = deque()
+        self.reply_chunks.append((self.written + self.queued, reply_bytes))
+        self.reply_bytes += reply_bytes
 
     def send_queued(self) -> None:
         """One system call for as much of the queue as the kernel takes.
@@ -140,9 +164,15 @@ class Connection:
         """Drop ``sent`` bytes from the front of the queue."""
         queue = self.queue
         self.queued -= sent
+        self.written += sent
+        chunks = self.reply_chunks
+        if chunks is not None:
+            while chunks and chunks[0][0] <= self.written:
+                self.reply_bytes -= chunks.popleft()[1]
+            if not chunks:
+                self.reply_chunks = None
         if not self.queued:
             queue.clear()
-            self.reply_bytes = 0
             return
         done = 0
         while sent and sent >= len(queue[done]):

@@ -27,7 +27,7 @@ import logging
 import signal
 import socket
 import sys
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from .config import PROG, Config, parse_config
 from .limits import fit_max_clients

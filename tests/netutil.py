@@ -13,7 +13,6 @@ import dataclasses
 import os
 import pathlib
 import re
-import select
 import socket
 import subprocess
 import sys
@@ -151,9 +150,15 @@ _STARTED = re.compile(rb"Chat server started on port (\d+)")
 
 
 class ServerProcess:
-    """``python -m reactor`` in a subprocess, started as a user would."""
+    """``python -m reactor`` in a subprocess, started as a user would.
 
-    def __init__(self, *args: str, env: Optional[dict] = None, cwd: pathlib.Path = ROOT) -> None:
+    Its stdout and stderr are read by background threads from the start, so
+    a chatty server never blocks on a full pipe.
+    """
+
+    def __init__(
+        self, *args: str, env: Optional[dict] = None, cwd: pathlib.Path = ROOT, **popen_options
+    ) -> None:
         environment = dict(os.environ)
         environment.pop("PORT", None)
         environment.update(env or {})
@@ -163,28 +168,51 @@ class ServerProcess:
             env=environment,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            **popen_options,
         )
-        self.stdout_lines: List[bytes] = []  # raw chunks read while waiting for the port
+        self._stdout: List[bytes] = []
+        self._stderr: List[bytes] = []
+        self._started = threading.Condition()
+        self._readers = [
+            threading.Thread(target=self._drain, args=(self.process.stdout, self._stdout), daemon=True),
+            threading.Thread(target=self._drain, args=(self.process.stderr, self._stderr), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
         self.port = self._wait_for_port()
 
+    def _drain(self, stream, chunks: List[bytes]) -> None:
+        for chunk in iter(lambda: os.read(stream.fileno(), 65536), b""):
+            with self._started:
+                chunks.append(chunk)
+                self._started.notify_all()
+        with self._started:
+            self._started.notify_all()
+
     def _wait_for_port(self) -> int:
-        """Read stdout (raw: ``communicate`` later bypasses any buffered reader) for the port."""
         deadline = time.monotonic() + 10
-        fd = self.process.stdout.fileno()
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], deadline - time.monotonic())
-            if not ready:
-                break
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            self.stdout_lines.append(chunk)
-            match = _STARTED.search(b"".join(self.stdout_lines))
-            if match and b"\n" in b"".join(self.stdout_lines)[match.end() :]:
-                return int(match.group(1))
-        self.process.kill()
-        _, err = self.process.communicate(timeout=TIMEOUT)
-        raise AssertionError(f"server did not start: {err.decode(errors='replace')}")
+        with self._started:
+            while True:
+                output = b"".join(self._stdout)
+                match = _STARTED.search(output)
+                if match and b"\n" in output[match.end() :]:
+                    return int(match.group(1))
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.process.poll() is not None:
+                    break
+                self._started.wait(min(remaining, 0.5))
+        self.kill()
+        raise AssertionError(f"server did not start: {self.stderr.decode(errors='replace')}")
+
+    @property
+    def stderr(self) -> bytes:
+        with self._started:
+            return b"".join(self._stderr)
+
+    def _finish(self, timeout: float) -> None:
+        self.process.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(TIMEOUT)
 
     def stop(self, sig: Optional[int] = None, timeout: float = 10) -> tuple:
         """Send ``sig`` (default SIGTERM); return (exit status, stdout, stderr)."""
@@ -192,13 +220,13 @@ class ServerProcess:
 
         if self.process.poll() is None:
             self.process.send_signal(sig or signals.SIGTERM)
-        out, err = self.process.communicate(timeout=timeout)
-        return self.process.returncode, b"".join(self.stdout_lines) + out, err
+        self._finish(timeout)
+        return self.process.returncode, b"".join(self._stdout), self.stderr
 
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
-        self.process.communicate(timeout=TIMEOUT)
+        self._finish(TIMEOUT)
 
 
 @contextlib.contextmanager
