@@ -49,6 +49,12 @@ class _Formatter(logging.Formatter):
 
 
 def configure_logging(level: str) -> None:
+    # The logging HOWTO's optimisations: no caller lookup, thread or process
+    # names per record.  Two records per connection are on the accept path.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter("%(message)s"))
     log.handlers[:] = [handler]

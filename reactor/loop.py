@@ -81,6 +81,7 @@ from protocol import (
     IdleTimedOut,
     Reply,
     ShutdownStarted,
+    wire,
 )
 
 from .config import Config
@@ -108,10 +109,13 @@ ACCEPT_RETRY = 0.5
 """How long accepting pauses when the process runs out of file descriptors."""
 TICK = 0.1
 """The timer wheel's resolution: timers fire at most this late."""
+SOCKET_MARGIN = 16
+"""Client sockets allowed beyond ``--max-clients`` (refusals still flushing, closes lingering)."""
 MAX_SLEEP: Optional[float] = 1.0 if sys.platform == "win32" else None
 """On Windows a signal does not interrupt ``select``: wake at least once a second."""
 
 _OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_ERR_SERVER_FULL = wire.error("server-full")
 
 _LISTENER = "listener"
 _WAKEUP = "wakeup"
@@ -157,6 +161,7 @@ class Reactor:
             self._selector.register(wakeup, READ, _WAKEUP)
         self._idle_timeout = config.idle_timeout
         self._max_output = config.max_output
+        self._socket_limit = config.max_clients + SOCKET_MARGIN
 
     # -- the interface -----------------------------------------------------
 
@@ -276,6 +281,9 @@ class Reactor:
         listener.close()
 
     def _open(self, sock: socket.socket, address) -> None:
+        if len(self._connections) >= self._socket_limit:
+            self._refuse_at_once(sock, address)
+            return
         sock.setblocking(False)
         try:
             # Without it, Nagle's algorithm and delayed ACKs stall a client
@@ -295,6 +303,22 @@ class Reactor:
             conn.idle_timer = Timer((self._idle_timer_fired, conn))
             self._wheel.schedule(conn.idle_timer, now + self._idle_timeout)
         self._apply(self._machine.handle(ConnectionOpened(conn)))
+
+    def _refuse_at_once(self, sock: socket.socket, address) -> None:
+        """Too many sockets still open (refused or closing ones): refuse without a Connection.
+
+        The machine refuses clients past ``--max-clients``, but each refusal
+        holds a socket until its last line is flushed.  This guard keeps the
+        total under ``--max-clients`` plus a margin, whatever arrives (on
+        Windows, ``select()`` fails past 512 sockets).
+        """
+        try:
+            sock.setblocking(False)
+            sock.send(_ERR_SERVER_FULL)
+        except OSError:
+            pass
+        sock.close()
+        log.debug("refused %s at once: %d sockets open", tuple(address[:2]), len(self._connections))
 
     def _drain_wakeup(self) -> None:
         try:
@@ -338,10 +362,15 @@ class Reactor:
             conn.last_active = now
         handle = self._machine.handle
         apply = self._apply
-        for event in taken.events:
-            apply(handle(event))
-            if conn.closing or conn.closed:
-                return  # nothing it sent after this may run
+        try:
+            for event in taken.events:
+                apply(handle(event))
+                if conn.closing or conn.closed:
+                    return  # nothing it sent after this may run
+        except Exception:  # a bug, never a client's input: cost that client only
+            log.exception("internal error while serving %s; closing it", conn.peer)
+            self._close_now(conn)
+            return
         if conn.framer.pending:
             if bucket is not None and bucket.available(now) < 1:
                 self._wait_for_tokens(conn, bucket)

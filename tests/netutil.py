@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import pathlib
 import re
@@ -105,10 +106,27 @@ def login(port: int, name: str) -> Client:
     return client
 
 
+class _ErrorRecords(logging.Handler):
+    """Collects the server's ERROR records: an internal error fails the test."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: List[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 class ThreadedServer:
-    """A Reactor serving on 127.0.0.1 in a background thread of the test process."""
+    """A Reactor serving on 127.0.0.1 in a background thread of the test process.
+
+    ``stop`` fails the test if the server logged an internal error, which it
+    survives in production by closing only the connection concerned.
+    """
 
     def __init__(self, **settings) -> None:
+        self._errors = _ErrorRecords()
+        logging.getLogger("chat").addHandler(self._errors)
         self.config = dataclasses.replace(Config(host="127.0.0.1", port=0), **settings)
         listener = socket.create_server(("127.0.0.1", 0))
         self.port = listener.getsockname()[1]
@@ -126,6 +144,11 @@ class ThreadedServer:
         finally:
             self.reactor.close()
 
+    @property
+    def errors(self) -> List[logging.LogRecord]:
+        """ERROR records logged so far; a test that provokes one must clear it."""
+        return self._errors.records
+
     def stop(self) -> None:
         self.reactor.request_shutdown()
         self._wake_write.send(b"\0")
@@ -133,8 +156,10 @@ class ThreadedServer:
         assert not self._thread.is_alive(), "the reactor did not stop"
         self._wake_read.close()
         self._wake_write.close()
+        logging.getLogger("chat").removeHandler(self._errors)
         if self._error:
             raise self._error[0]
+        assert not self._errors.records, [record.getMessage() for record in self._errors.records]
 
 
 @contextlib.contextmanager

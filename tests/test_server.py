@@ -9,7 +9,9 @@ import time
 
 import pytest
 
+import reactor.loop
 from netutil import Client, login, threaded_server
+from protocol import ChatMachine, LineReceived
 
 
 @pytest.fixture
@@ -293,3 +295,38 @@ def test_accepted_sockets_have_tcp_nodelay(server):
     (conn,) = list(server.reactor._connections)
     assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     client.sync()
+
+
+# -- robustness -----------------------------------------------------------------------------
+
+
+def test_an_internal_error_costs_only_the_connection_that_caused_it(monkeypatch):
+    handle = ChatMachine.handle
+
+    def buggy_handle(machine, event):
+        if isinstance(event, LineReceived) and event.line == b"MSG trigger the bug":
+            raise RuntimeError("a bug in the machine")
+        return handle(machine, event)
+
+    monkeypatch.setattr(ChatMachine, "handle", buggy_handle)
+    with threaded_server() as server:
+        watcher = login(server.port, "watcher")
+        victim = login(server.port, "victim")
+        victim.say("MSG trigger the bug", "MSG never runs")
+        assert victim.read_until_closed() == b""
+        watcher.expect("INFO victim disconnected")
+        watcher.sync()
+        assert [record.getMessage() for record in server.errors] == [
+            "internal error while serving %s; closing it" % (victim.sock.getsockname(),)
+        ]
+        server.errors.clear()
+
+
+def test_sockets_past_max_clients_and_a_margin_are_refused_before_the_machine(monkeypatch):
+    monkeypatch.setattr(reactor.loop, "SOCKET_MARGIN", 0)
+    with threaded_server(max_clients=1) as server:
+        first = login(server.port, "first")
+        second = Client(server.port)
+        assert second.read_until_closed() == b"ERR server-full\n"
+        first.sync()
+        assert len(server.reactor._machine) == 1  # the machine never saw the second
