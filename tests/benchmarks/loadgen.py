@@ -1,0 +1,1123 @@
+"""Load generator for ``bench_server.py``: one process, one epoll loop.
+
+Not a test (pytest does not collect it).  ``bench_server.py`` runs it as a
+separate process, once against our chat server and once against
+``redis-server`` pub/sub, with the same arguments but ``--proto``:
+
+    python tests/benchmarks/loadgen.py --proto chat|redis --port P \\
+        [--server-pid PID] [--hold] MODE [options]
+
+and it prints one JSON object on stdout (``"ok": false`` and ``"error"``
+when a check failed or a wait timed out; exit status 1).  Modes:
+
+``fanout``
+    ``--clients`` connections log in (chat: ``LOGIN u<i>``; redis:
+    ``SUBSCRIBE room``); ``--senders`` of them (redis: that many extra
+    publisher connections, since a RESP2 subscriber cannot publish) each
+    send ``--messages`` 64-byte messages as fast as the socket takes them.
+    Each sender's whole byte stream is built before the clock starts and
+    sent in 256 KiB slices from a non-blocking socket, interleaved with
+    reading.  Receivers ``recv_into`` a buffer allocated (and touched) in
+    advance, in reads of up to 256 KiB, and count deliveries with
+    ``bytearray.count``; every delivery is parsed and checked only after
+    the clock stops: exactly the expected messages from every sender, in
+    order, nothing damaged, duplicated or extra.
+``latency``
+    The same room, but each sender is paced at ``--rate`` messages per
+    second by a scheduler (every message is sent at its slot time; senders
+    are staggered evenly) for ``--duration`` seconds.  The payload carries
+    the ``time.perf_counter_ns()`` at which it was sent; a receiver computes
+    the delay of every delivery on the read that completed it.  The same
+    checks as fanout follow.
+``connections``
+    ``--clients`` connections connect and log in, pipelined (connects are
+    not waited for, each sends its login at once, OKs are collected as they
+    come; at most somaxconn in progress at once); then the generator sleeps
+    ``--idle`` seconds.  Reports the login time, the server's resident
+    memory before, after, and after the idle time (``/proc/PID/status``
+    VmRSS), and its CPU over the idle time.
+``ping``
+    One connection, ``--warmup`` then ``--count`` sequential PING round
+    trips (blocking socket, TCP_NODELAY); p50, p99 and p99.9 in microseconds.
+
+Measured windows: server CPU from ``/proc/PID/stat`` (utime + stime over
+SC_CLK_TCK, 10 ms resolution); the idle CPU of ``connections`` also from
+``/proc/PID/task/*/schedstat`` (nanoseconds), since 10 ms cannot resolve
+it; the generator's own CPU from ``os.times()``; and the CPU the rest of
+the machine spent meanwhile (``/proc/stat`` minus both), which shows when
+another program was competing for the two cores.
+
+With ``--hold`` the generator keeps its connections open after printing
+the result, until its stdin is closed (at most 120 s): the driver stops the
+server first, so tearing 10,000 logged-in clients down does not become
+10,000 INFO broadcasts, and no client port is left in TIME_WAIT.
+
+The hot loops call ``select.epoll`` directly (the ``selectors`` wrapper
+costs microseconds per event, a large share of a delivery in the latency
+run).  Standard library only; Linux (epoll, /proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import glob
+import json
+import math
+import os
+import re
+import resource
+import select
+import selectors
+import socket
+import sys
+import time
+
+RECV_SIZE = 256 * 1024
+SEND_CHUNK = 256 * 1024
+PAYLOAD_SIZE = 64
+LOGIN_TIMEOUT = 60.0
+STALL = 20.0
+"""Fanout: fail when no socket was readable or writable for this long."""
+GRACE = 0.25
+"""Seconds the receivers keep reading after the last expected delivery, to
+catch duplicates."""
+LATE_NS = 2_000_000
+LATE_SHARE = 0.01
+"""Latency runs: the generator *fell behind* when more than LATE_SHARE of the
+sends left more than LATE_NS after their slot (epoll waits in whole
+milliseconds, so up to 1 ms late is normal)."""
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+
+perf_ns = time.perf_counter_ns
+
+
+KEEP: list = []
+"""Sockets kept open until the driver lets go (``--hold``)."""
+
+
+class Failure(Exception):
+    """A check failed or a wait timed out; the message says which."""
+
+
+# -- /proc and rusage ----------------------------------------------------------
+
+
+def server_cpu(pid: int | None) -> float | None:
+    """utime + stime of ``pid`` in seconds, from /proc/PID/stat."""
+    if not pid:
+        return None
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    fields = data[data.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def server_cpu_ns(pid: int | None) -> int | None:
+    """Time on CPU of every thread of ``pid``, in ns (/proc/PID/task/*/schedstat)."""
+    if not pid:
+        return None
+    total = 0
+    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try:
+            with open(path, "rb") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that just exited
+    return total
+
+
+def server_rss_kib(pid: int | None) -> int | None:
+    if not pid:
+        return None
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmRSS:"):
+                return int(line.split()[1])
+    return None
+
+
+def machine_busy() -> float:
+    """CPU seconds spent by the whole machine, all cores (/proc/stat, not idle or iowait)."""
+    with open("/proc/stat", "rb") as f:
+        fields = f.readline().split()[1:]
+    ticks = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+    return (sum(ticks) - ticks[3] - ticks[4]) / CLK_TCK
+
+
+def own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class Window:
+    """Wall time, server CPU and generator CPU between ``start`` and ``stop``."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+
+    def start(self) -> None:
+        self.busy0 = machine_busy()
+        self.srv0 = server_cpu(self.pid)
+        self.gen0 = own_cpu()
+        self.t0 = perf_ns()
+
+    def stop(self, t_end_ns: int | None = None) -> dict:
+        t1 = perf_ns() if t_end_ns is None else t_end_ns
+        gen1 = own_cpu()
+        srv1 = server_cpu(self.pid)
+        busy1 = machine_busy()
+        wall = (t1 - self.t0) / 1e9
+        server = None if srv1 is None else srv1 - self.srv0
+        gen = gen1 - self.gen0
+        busy = busy1 - self.busy0
+        return {
+            "window_s": wall,
+            "server_cpu_s": server,
+            "gen_cpu_s": gen,
+            # everything else the machine did meanwhile: other processes, and
+            # kernel (softirq) time charged to neither process
+            "other_cpu_s": None if server is None else max(0.0, busy - server - gen),
+        }
+
+
+def raise_nofile(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        raise Failure(
+            f"need {needed} file descriptors but the hard limit is {hard} (ulimit -Hn)"
+        )
+
+
+def percentile(sorted_values: list, q: float):
+    """Nearest-rank percentile of an already sorted list: the smallest value
+    with at least ``q`` of the values at or below it."""
+    if not sorted_values:
+        return None
+    rank = math.ceil(q * len(sorted_values) - 1e-9)
+    return sorted_values[min(len(sorted_values), max(1, rank)) - 1]
+
+
+# -- the two protocols ---------------------------------------------------------
+
+
+def payload(sid: int, seq: int, ts: int = 0) -> bytes:
+    """64 bytes: ``#<sender>:<seq>:<send time ns>:`` padded with ``x``."""
+    head = b"#%d:%d:%d:" % (sid, seq, ts)
+    return head + b"x" * (PAYLOAD_SIZE - len(head))
+
+
+_RESP_MESSAGE_HEAD = b"*3\r\n$7\r\nmessage\r\n$4\r\nroom\r\n$%d\r\n" % PAYLOAD_SIZE
+
+
+class Chat:
+    name = "chat"
+    marker = b"\n"  # exactly one per delivered MSG line
+    # One delivered line, fully: the username must match the sender id.
+    line_re = re.compile(rb"MSG u(\d+) #(\d+):(\d+):(\d+):x*\n")
+    ts_re = re.compile(rb"#\d+:\d+:(\d+):")
+    ping = b"PING\n"
+    pong = b"PONG\n"
+
+    @staticmethod
+    def login(i: int) -> bytes:
+        return b"LOGIN u%d\n" % i
+
+    @staticmethod
+    def login_done(buf: bytes) -> bool:
+        return buf.endswith(b"\n")
+
+    @staticmethod
+    def login_ok(buf: bytes) -> bool:
+        return buf == b"OK\n"
+
+    @staticmethod
+    def message(sid: int, seq: int, ts: int = 0) -> bytes:
+        return b"MSG " + payload(sid, seq, ts) + b"\n"
+
+    @staticmethod
+    def delivery_len(sid: int) -> int:
+        return len(b"MSG u%d " % sid) + PAYLOAD_SIZE + 1
+
+
+class Redis:
+    name = "redis"
+    marker = b"*"  # one per pub/sub message: the payload never holds a '*'
+    line_re = re.compile(
+        re.escape(_RESP_MESSAGE_HEAD) + rb"#(\d+):(\d+):(\d+):x*\r\n"
+    )
+    ts_re = Chat.ts_re
+    ping = b"*1\r\n$4\r\nPING\r\n"
+    pong = b"+PONG\r\n"
+    _subscribed = re.compile(rb"\*3\r\n\$9\r\nsubscribe\r\n\$4\r\nroom\r\n:\d+\r\n")
+
+    @staticmethod
+    def login(i: int) -> bytes:
+        return b"*2\r\n$9\r\nSUBSCRIBE\r\n$4\r\nroom\r\n"
+
+    @classmethod
+    def login_done(cls, buf: bytes) -> bool:
+        return buf.count(b"\n") >= 6 or buf.startswith(b"-") and buf.endswith(b"\n")
+
+    @classmethod
+    def login_ok(cls, buf: bytes) -> bool:
+        return cls._subscribed.fullmatch(buf) is not None
+
+    @staticmethod
+    def message(sid: int, seq: int, ts: int = 0) -> bytes:
+        p = payload(sid, seq, ts)
+        return b"*3\r\n$7\r\nPUBLISH\r\n$4\r\nroom\r\n$%d\r\n%s\r\n" % (len(p), p)
+
+    @staticmethod
+    def delivery_len(sid: int) -> int:
+        return len(_RESP_MESSAGE_HEAD) + PAYLOAD_SIZE + 2
+
+
+PROTOCOLS = {"chat": Chat, "redis": Redis}
+
+
+# -- connecting ----------------------------------------------------------------
+
+
+def new_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def somaxconn() -> int:
+    """The kernel's cap on a listen backlog (both servers listen with it)."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return max(1, int(f.read()))
+    except (OSError, ValueError):
+        return socket.SOMAXCONN
+
+
+def open_clients(proto, addr, count: int, first: int = 0, login: bool = True,
+                 timeout: float = LOGIN_TIMEOUT, max_pending: int | None = None) -> tuple:
+    """``count`` connected (and, if ``login``, logged-in) non-blocking sockets.
+
+    Pipelined: connects are started without waiting; each socket sends its
+    login at once (on loopback the handshake is usually complete when
+    ``connect`` returns; if not, as soon as the socket is writable), and
+    replies are collected as they arrive.  At most ``max_pending``
+    connections (default: the kernel's listen-backlog cap, somaxconn) are in
+    progress at once, so the server's accept queue never overflows: an
+    overflow drops the SYN, and the kernel's 1 s retransmission timer, not
+    the server, would then decide the login time.  Returns
+    ``(sockets, first_connect_ns, last_ok_ns)``.
+    """
+    if max_pending is None:
+        max_pending = somaxconn()
+    ep = select.epoll(min(count, max_pending) + 1)
+    socks: list = []
+    state: dict = {}  # fd -> [index, sock, received so far, still connecting]
+    deadline = time.monotonic() + timeout
+    t_first = perf_ns()
+    t_last = t_first
+    pending = 0
+    left = count
+    what = "logged in" if login else "connected"
+
+    def send_login(entry) -> bool:
+        """Send the login line; False if the socket is not connected yet."""
+        i, sock = entry[0], entry[1]
+        line = proto.login(first + i)
+        try:
+            sent = sock.send(line)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as error:
+            if error.errno == errno.ENOTCONN:
+                return False
+            raise Failure(f"connection #{i}: sending the login failed: {error}")
+        if sent != len(line):
+            raise Failure(f"connection #{i}: the login line did not fit the socket")
+        return True
+
+    try:
+        while left:
+            while len(socks) < count and pending < max_pending:
+                i = len(socks)
+                sock = new_socket()
+                err = sock.connect_ex(addr)
+                if err not in (0, errno.EINPROGRESS):
+                    sock.close()
+                    raise Failure(
+                        f"connect #{i} of {count} to {addr[0]}:{addr[1]} failed: "
+                        f"{os.strerror(err)}"
+                    )
+                socks.append(sock)
+                fd = sock.fileno()
+                entry = state[fd] = [i, sock, b"", True]
+                pending += 1
+                if login and send_login(entry):
+                    entry[3] = False
+                    ep.register(fd, select.EPOLLIN)
+                else:
+                    ep.register(fd, select.EPOLLOUT)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Failure(f"only {count - left} of {count} connections {what} "
+                              f"within {timeout:.0f} s")
+            for fd, ev in ep.poll(min(remaining, 1.0)):
+                entry = state[fd]
+                i, sock = entry[0], entry[1]
+                if entry[3]:  # connecting
+                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if err:
+                        raise Failure(f"connect #{i} failed: {os.strerror(err)}")
+                    if not login:
+                        ep.unregister(fd)
+                        left -= 1
+                        pending -= 1
+                        t_last = perf_ns()
+                        continue
+                    if send_login(entry):
+                        entry[3] = False
+                        ep.modify(fd, select.EPOLLIN)
+                    continue
+                try:
+                    data = sock.recv(4096)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as error:
+                    raise Failure(f"connection #{i} failed during login: {error}")
+                if not data:
+                    raise Failure(
+                        f"connection #{i} closed by the server during login "
+                        f"(received {entry[2]!r})"
+                    )
+                buf = entry[2] = entry[2] + data
+                if proto.login_done(buf):
+                    if not proto.login_ok(buf):
+                        raise Failure(f"connection #{i}: unexpected login reply {buf[:200]!r}")
+                    ep.unregister(fd)
+                    left -= 1
+                    pending -= 1
+                    t_last = perf_ns()
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    finally:
+        ep.close()
+    return socks, t_first, t_last
+
+
+# -- checking deliveries ---------------------------------------------------------
+
+
+def verify_stream(proto, data: bytes, expect: dict, label: str, errors: list,
+                  seq_names: list) -> int:
+    """Check one receiver's whole stream; return the number of deliveries found.
+
+    ``expect`` maps a sender id (bytes, as in the payload) to how many of
+    its messages this receiver must get, in order 0, 1, 2, ...  Anything
+    else (a missing, extra, repeated or reordered message, a damaged line,
+    bytes that are not a delivery) is appended to ``errors``.
+    """
+    found = proto.line_re.findall(data)
+    nxt = dict.fromkeys(expect, 0)
+    problems = []
+    markers = data.count(proto.marker)
+    if markers != len(found):
+        problems.append(
+            f"{markers - len(found)} of {markers} deliveries are damaged or not deliveries"
+            + first_bad_line(proto, data)
+        )
+    if proto is Chat:
+        for user, sid, seq, _ts in found:
+            n = nxt.get(sid)
+            if n is None or user != sid:
+                problems.append(f"unexpected line from u{user.decode()} with sender id {sid.decode()}")
+                continue
+            if n >= len(seq_names) or seq != seq_names[n]:
+                problems.append(
+                    f"from sender {sid.decode()}: got #{seq.decode()} where #{n} was due"
+                )
+            nxt[sid] = n + 1
+            if len(problems) > 3:
+                break
+    else:
+        for sid, seq, _ts in found:
+            n = nxt.get(sid)
+            if n is None:
+                problems.append(f"unexpected message with sender id {sid.decode()}")
+                continue
+            if n >= len(seq_names) or seq != seq_names[n]:
+                problems.append(
+                    f"from sender {sid.decode()}: got #{seq.decode()} where #{n} was due"
+                )
+            nxt[sid] = n + 1
+            if len(problems) > 3:
+                break
+    if not problems:
+        for sid, want in expect.items():
+            if nxt[sid] != want:
+                problems.append(f"got {nxt[sid]} messages from sender {sid.decode()}, expected {want}")
+        want_bytes = sum(proto.delivery_len(int(sid)) * n for sid, n in expect.items())
+        if not problems and len(data) != want_bytes:
+            problems.append(
+                f"received {len(data)} bytes where {want_bytes} were expected "
+                f"(damaged or foreign lines: {data.count(proto.marker)} delivery markers, "
+                f"{len(found)} well-formed deliveries)"
+            )
+    for problem in problems[:3]:
+        errors.append(f"{label}: {problem}")
+    return len(found)
+
+
+def laggard(receivers: list) -> str:
+    """Where the receiver furthest behind stands, for a timeout message."""
+    worst = min(receivers, key=lambda p: p.got - p.expect)
+    head = bytes(worst.view[: min(worst.pos, 100)]) if worst.view is not None else b""
+    tail = bytes(worst.view[max(0, worst.pos - 100) : worst.pos]) if worst.view is not None else b""
+    return (f"receiver #{worst.index} has {worst.got} of {worst.expect} "
+            f"({worst.pos} bytes; first {head!r}, last {tail!r})")
+
+
+def first_bad_line(proto, data: bytes) -> str:
+    """The first line of a chat stream that is not a well-formed delivery (error path only)."""
+    if proto is not Chat:
+        return ""
+    for line in data.split(b"\n")[:-1]:
+        if not proto.line_re.fullmatch(line + b"\n"):
+            return f" (first: {line[:120]!r})"
+    return ""
+
+
+class Peer:
+    """One connection in the fanout or latency loop.
+
+    Everything a connection receives lands in one buffer allocated (and
+    touched, so no page faults happen later) before the clock starts:
+    ``recv_into`` writes straight into it, ``bytearray.count`` counts the
+    deliveries, and the whole stream is checked after the clock stops.
+    """
+
+    __slots__ = ("sock", "fd", "index", "receiver", "buf", "view", "pos", "parsed",
+                 "got", "expect", "out", "off", "mask")
+
+    def __init__(self, sock, index, receiver, expect=0):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.index = index
+        self.receiver = receiver  # False: a redis publisher, which only gets replies
+        self.buf = None
+        self.view = None
+        self.pos = 0  # bytes received so far
+        self.parsed = 0  # latency: bytes whose timestamps were read
+        self.got = 0  # deliveries (or, for a publisher, replies) so far
+        self.expect = expect
+        self.out = None  # what is left to send
+        self.off = 0
+        self.mask = 0
+
+    def allocate(self, size: int) -> None:
+        # b"\0" * n writes every byte: the pages are mapped now, not mid-run.
+        self.buf = bytearray(b"\0") * (size + RECV_SIZE)
+        self.view = memoryview(self.buf)
+
+    def received(self) -> bytes:
+        return bytes(self.view[: self.pos])
+
+    def describe(self) -> str:
+        return f"{'receiver' if self.receiver else 'publisher'} #{self.index}"
+
+
+class Room:
+    """Every connection of a fanout or latency run, on one epoll object.
+
+    The hot loops call ``select.epoll.poll`` directly and map descriptors to
+    peers with a dict: the ``selectors`` wrapper costs a few microseconds
+    per event, which is most of a delivery's price in the latency run.
+    """
+
+    def __init__(self, receivers: list, sending: list) -> None:
+        self.receivers = receivers
+        self.sending = sending
+        self.peers = list({id(p): p for p in receivers + sending}.values())
+        self.ep = select.epoll(len(self.peers) + 1)
+        self.by_fd = {}
+        for peer in self.peers:
+            peer.mask = EPOLLIN | (EPOLLOUT if peer.out is not None else 0)
+            self.ep.register(peer.fd, peer.mask)
+            self.by_fd[peer.fd] = peer
+
+    def set_mask(self, peer: Peer, mask: int) -> None:
+        if mask != peer.mask:
+            self.ep.modify(peer.fd, mask)
+            peer.mask = mask
+
+    def read_until(self, done, seconds: float, marker: bytes, what: str) -> None:
+        """Keep reading until ``done()`` (or, if ``done`` is None, for ``seconds``)."""
+        until = time.monotonic() + seconds
+        while done is None or not done():
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                if done is None:
+                    return
+                raise Failure(f"{what} within {seconds:.0f} s")
+            for fd, ev in self.ep.poll(min(remaining, 1.0)):
+                if ev & READABLE:
+                    read_into(self.by_fd[fd], marker)
+
+    def finish(self, marker: bytes) -> None:
+        """Redis: wait (bounded) for every PUBLISH reply; then catch duplicates."""
+        pubs = [p for p in self.sending if not p.receiver]
+        self.read_until(
+            lambda: all(p.got >= p.expect for p in pubs), 30.0, marker,
+            "publishers did not get all their PUBLISH replies",
+        )
+        self.read_until(None, GRACE, marker, "")
+        self.ep.close()
+
+    def keep(self) -> None:
+        KEEP.extend(p.sock for p in self.peers)
+
+
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+READABLE = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP
+
+
+def build_room(proto, addr, clients: int, senders: int, messages: int):
+    """Log everyone in; return (receivers, senders, login seconds).
+
+    Each receiver's buffer is sized for exactly what it should get, plus one
+    read of slack so that extra deliveries are caught and reported.
+    """
+    socks, t0, t1 = open_clients(proto, addr, clients)
+    receivers = []
+    sending = []
+    if proto is Chat:
+        for i, sock in enumerate(socks):
+            expect = (senders - (1 if i < senders else 0)) * messages
+            peer = Peer(sock, i, True, expect)
+            receivers.append(peer)
+            if i < senders:
+                sending.append(peer)
+    else:
+        for i, sock in enumerate(socks):
+            receivers.append(Peer(sock, i, True, senders * messages))
+        pubs, _, _ = open_clients(proto, addr, senders, login=False)
+        for k, sock in enumerate(pubs):
+            peer = Peer(sock, k, False, messages)
+            peer.allocate(messages * len(b":%d\r\n" % clients))
+            sending.append(peer)
+    for peer in receivers:
+        want = expected_senders(proto, peer, senders, messages)
+        peer.allocate(sum(proto.delivery_len(int(s)) * n for s, n in want.items()))
+    return receivers, sending, (t1 - t0) / 1e9
+
+
+def expected_senders(proto, peer: Peer, senders: int, messages: int) -> dict:
+    ids = range(senders)
+    if proto is Chat:
+        ids = [s for s in ids if s != peer.index]
+    return {b"%d" % s: messages for s in ids}
+
+
+def check_room(proto, room: Room, senders: int, messages: int) -> dict:
+    """Every receiver's stream checked line by line; publishers' replies too."""
+    errors: list = []
+    seq_names = [b"%d" % n for n in range(messages)]
+    total = 0
+    for peer in room.receivers:
+        total += verify_stream(
+            proto, peer.received(), expected_senders(proto, peer, senders, messages),
+            f"receiver u{peer.index}", errors, seq_names,
+        )
+        if len(errors) > 20:
+            break
+    if proto is Redis:
+        want = b":%d\r\n" % len(room.receivers)
+        for peer in room.sending:
+            data = peer.received()
+            if data != want * messages:
+                errors.append(
+                    f"publisher {peer.index}: expected {messages} replies {want!r}, "
+                    f"got {data.count(b':')} replies starting {data[:40]!r}"
+                )
+    for peer in room.peers:
+        peer.buf = peer.view = None  # release the memory
+    return {"checked_deliveries": total, "errors": errors}
+
+
+def read_into(peer: Peer, marker: bytes) -> int:
+    """One read; returns the deliveries it completed (0 for a publisher's replies)."""
+    pos = peer.pos
+    if pos >= len(peer.buf):
+        raise Failure(
+            f"{peer.describe()} received more bytes than expected ({pos}): "
+            f"extra or duplicated deliveries"
+        )
+    try:
+        n = peer.sock.recv_into(peer.view[pos : pos + RECV_SIZE])
+    except (BlockingIOError, InterruptedError):
+        return 0
+    except OSError as error:
+        raise Failure(f"{peer.describe()}: {error}")
+    if not n:
+        raise Failure(
+            f"{peer.describe()}: the server closed the connection after {peer.got} "
+            f"{'deliveries' if peer.receiver else 'replies'}"
+        )
+    peer.pos = pos + n
+    if peer.receiver:
+        n = peer.buf.count(marker, pos, pos + n)
+        peer.got += n
+        return n
+    peer.got += peer.buf.count(b"\n", pos, pos + n)
+    return 0
+
+
+# -- fanout ----------------------------------------------------------------------
+
+
+def run_fanout(proto, addr, args) -> dict:
+    clients, senders, messages = args.clients, args.senders, args.messages
+    raise_nofile(clients + senders + 64)
+    receivers, sending, login_s = build_room(proto, addr, clients, senders, messages)
+    for peer in sending:
+        peer.out = memoryview(b"".join(proto.message(peer.index, n) for n in range(messages)))
+    room = Room(receivers, sending)
+    expected = sum(p.expect for p in receivers)
+    marker = proto.marker
+    waiting = sum(1 for p in receivers if p.expect)
+    sending_left = len(sending)
+    poll = room.ep.poll
+    by_fd = room.by_fd
+    window = Window(args.server_pid)
+    deadline = time.monotonic() + args.timeout
+    t_end = None
+    t_sent = None
+    window.start()
+    progress = time.monotonic()
+    while waiting or sending_left:
+        now = time.monotonic()
+        remaining = deadline - now
+        if remaining <= 0 or now - progress > STALL:
+            got = sum(p.got for p in receivers)
+            why = (f"nothing moved for {STALL:.0f} s" if remaining > 0
+                   else f"timed out after {args.timeout:.0f} s")
+            raise Failure(
+                f"{why}: {got} of {expected} deliveries, "
+                f"{sending_left} sender(s) still sending; {laggard(receivers)}"
+            )
+        events = poll(min(remaining, 1.0))
+        if events:
+            progress = now
+        for fd, ev in events:
+            peer = by_fd[fd]
+            if ev & EPOLLOUT:
+                try:
+                    sent = peer.sock.send(peer.out[peer.off : peer.off + SEND_CHUNK])
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as error:
+                    raise Failure(f"sender #{peer.index}: {error}")
+                peer.off += sent
+                if peer.off >= len(peer.out):
+                    room.set_mask(peer, EPOLLIN)
+                    sending_left -= 1
+                    if not sending_left:
+                        t_sent = perf_ns()
+            if ev & READABLE:
+                n = read_into(peer, marker)
+                if n and peer.got - n < peer.expect <= peer.got:
+                    waiting -= 1  # this receiver just got its last expected delivery
+                    if not waiting:
+                        t_end = perf_ns()
+    measured = window.stop(t_end)
+    room.finish(marker)
+    cpu0 = own_cpu()
+    checked = check_room(proto, room, senders, messages)
+    room.keep()
+    return {
+        "mode": "fanout",
+        "clients": clients,
+        "senders": senders,
+        "messages": messages,
+        "login_s": login_s,
+        "deliveries": sum(p.got for p in receivers),
+        "expected_deliveries": expected,
+        "deliveries_per_s": expected / measured["window_s"],
+        "send_s": None if t_sent is None else (t_sent - window.t0) / 1e9,
+        "verify_cpu_s": own_cpu() - cpu0,
+        **measured,
+        **checked,
+    }
+
+
+# -- latency ---------------------------------------------------------------------
+
+
+def send_paced(room: Room, peer: Peer, msg: bytes) -> None:
+    """Send one message now; keep what the socket did not take for later."""
+    if peer.out:
+        peer.out += msg
+        return
+    try:
+        sent = peer.sock.send(msg)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError as error:
+        raise Failure(f"sender #{peer.index}: {error}")
+    if sent < len(msg):
+        peer.out = bytearray(msg[sent:])
+        room.set_mask(peer, EPOLLIN | EPOLLOUT)
+
+
+def flush_paced(room: Room, peer: Peer) -> None:
+    try:
+        sent = peer.sock.send(peer.out)
+    except (BlockingIOError, InterruptedError):
+        return
+    except OSError as error:
+        raise Failure(f"sender #{peer.index}: {error}")
+    del peer.out[:sent]
+    if not peer.out:
+        room.set_mask(peer, EPOLLIN)
+
+
+def run_latency(proto, addr, args) -> dict:
+    clients, senders, rate = args.clients, args.senders, args.rate
+    messages = max(1, round(rate * args.duration))
+    raise_nofile(clients + senders + 64)
+    receivers, sending, login_s = build_room(proto, addr, clients, senders, messages)
+    room = Room(receivers, sending)  # every peer.out is None: read interest only
+    poll = room.ep.poll
+    by_fd = room.by_fd
+    ts_re = proto.ts_re
+    message = proto.message
+    interval = 1e9 / (rate * senders)  # ns between two slots, senders staggered evenly
+    total = senders * messages
+    latencies: list = []
+    lags: list = []
+    waiting = sum(1 for p in receivers if p.expect)
+    window = Window(args.server_pid)
+    t_end = None
+    t_last_send = None
+    deadline = None
+    j = 0
+    window.start()
+    t0 = window.t0 + 1_000_000  # the first slot is 1 ms from now
+    while j < total or waiting:
+        now = perf_ns()
+        while j < total:
+            slot = t0 + int(j * interval)
+            if slot > now:
+                break
+            peer = sending[j % senders]
+            ts = perf_ns()
+            send_paced(room, peer, message(peer.index, j // senders, ts))
+            lags.append(ts - slot)
+            j += 1
+            now = ts
+        if j < total:
+            timeout = max(0.0, (t0 + int(j * interval) - perf_ns()) / 1e9)
+        else:
+            if t_last_send is None:
+                t_last_send = now
+                deadline = time.monotonic() + args.timeout
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                got = sum(p.got for p in receivers)
+                want = sum(p.expect for p in receivers)
+                raise Failure(
+                    f"timed out {args.timeout:.0f} s after the last send: "
+                    f"{got} of {want} deliveries; {laggard(receivers)}"
+                )
+            timeout = min(remaining, 1.0)
+        for fd, ev in poll(timeout):
+            peer = by_fd[fd]
+            if ev & EPOLLOUT:
+                flush_paced(room, peer)
+            if not ev & READABLE:
+                continue
+            if not peer.receiver:
+                read_into(peer, proto.marker)
+                continue
+            pos = peer.pos
+            if pos >= len(peer.buf):
+                raise Failure(
+                    f"receiver #{peer.index} received more bytes than expected ({pos}): "
+                    f"extra or duplicated deliveries"
+                )
+            try:
+                n = peer.sock.recv_into(peer.view[pos : pos + RECV_SIZE])
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as error:
+                raise Failure(f"receiver #{peer.index}: {error}")
+            now = perf_ns()
+            if not n:
+                raise Failure(
+                    f"receiver #{peer.index}: the server closed the connection "
+                    f"after {peer.got} deliveries"
+                )
+            end = peer.pos = pos + n
+            # Only complete lines: a timestamp is read once its line has ended.
+            if peer.buf[end - 1] == 10:  # the usual case: the read ends a line
+                cut = end
+            else:
+                cut = peer.buf.rfind(b"\n", peer.parsed, end) + 1
+                if not cut:
+                    continue
+            stamps = ts_re.findall(peer.buf, peer.parsed, cut)
+            peer.parsed = cut
+            if not stamps:
+                continue
+            latencies.extend([now - int(t) for t in stamps])
+            n = len(stamps)
+            peer.got += n
+            if peer.got - n < peer.expect <= peer.got:
+                waiting -= 1
+                if not waiting:
+                    t_end = now
+    measured = window.stop(t_end)
+    room.finish(proto.marker)
+    cpu0 = own_cpu()
+    checked = check_room(proto, room, senders, messages)
+    room.keep()
+    latencies.sort()
+    lags.sort()
+    send_span = (t_last_send - t0) / 1e9 if t_last_send else 0.0
+    ms = 1e6
+    late = sum(1 for lag in lags if lag > LATE_NS)
+    return {
+        "mode": "latency",
+        "clients": clients,
+        "senders": senders,
+        "rate_per_sender": rate,
+        "messages": messages,
+        "login_s": login_s,
+        "deliveries": len(latencies),
+        "expected_deliveries": sum(p.expect for p in receivers),
+        "p50_ms": percentile(latencies, 0.50) / ms,
+        "p99_ms": percentile(latencies, 0.99) / ms,
+        "p999_ms": percentile(latencies, 0.999) / ms,
+        "max_ms": latencies[-1] / ms,
+        "mean_ms": sum(latencies) / len(latencies) / ms,
+        "offered_msgs_per_s": total / send_span if send_span > 0 else None,
+        "schedule_lag_p50_ms": percentile(lags, 0.50) / ms,
+        "schedule_lag_p99_ms": percentile(lags, 0.99) / ms,
+        "schedule_lag_max_ms": lags[-1] / ms,
+        "late_sends": late,
+        "fell_behind": late > total * LATE_SHARE,
+        "verify_cpu_s": own_cpu() - cpu0,
+        **measured,
+        **checked,
+    }
+
+
+# -- connections -----------------------------------------------------------------
+
+
+def run_connections(proto, addr, args) -> dict:
+    n = args.clients
+    raise_nofile(n + 64)
+    pid = args.server_pid
+    rss0 = server_rss_kib(pid)
+    window = Window(pid)
+    window.start()
+    socks, t_first, t_last = open_clients(proto, addr, n)
+    login = window.stop(t_last)
+    KEEP.extend(socks)
+    rss1 = server_rss_kib(pid)
+    idle = Window(pid)
+    ns0 = server_cpu_ns(pid)
+    idle.start()
+    time.sleep(args.idle)
+    ns1 = server_cpu_ns(pid)
+    idled = idle.stop()
+    rss2 = server_rss_kib(pid)
+    # Nothing may arrive while idle (no timeout, no close): nobody is readable.
+    sel = selectors.EpollSelector()
+    for i, sock in enumerate(socks):
+        sel.register(sock, READ, i)
+    ready = sel.select(0)
+    sel.close()
+    errors = []
+    if ready:
+        key, _ = ready[0]
+        try:
+            data = key.fileobj.recv(200)
+        except OSError as error:
+            data = repr(error).encode()
+        errors.append(
+            f"{len(ready)} of {n} idle connections became readable during the idle "
+            f"period (connection #{key.data} got {data!r})"
+        )
+    return {
+        "mode": "connections",
+        "clients": n,
+        "login_s": (t_last - t_first) / 1e9,
+        "logins_per_s": n / ((t_last - t_first) / 1e9),
+        "login_server_cpu_s": login["server_cpu_s"],
+        "login_gen_cpu_s": login["gen_cpu_s"],
+        "rss_before_kib": rss0,
+        "rss_after_kib": rss1,
+        "rss_after_idle_kib": rss2,
+        "kib_per_conn": None if rss0 is None else (rss1 - rss0) / n,
+        "kib_per_conn_idle": None if rss0 is None else (rss2 - rss0) / n,
+        "idle_s": idled["window_s"],
+        "idle_server_cpu_s": idled["server_cpu_s"],
+        "idle_server_cpu_precise_s": None if ns0 is None else (ns1 - ns0) / 1e9,
+        "idle_gen_cpu_s": idled["gen_cpu_s"],
+        # the table's CPU columns for this scenario: the login phase
+        "window_s": login["window_s"],
+        "server_cpu_s": login["server_cpu_s"],
+        "gen_cpu_s": login["gen_cpu_s"],
+        "errors": errors,
+    }
+
+
+# -- ping ------------------------------------------------------------------------
+
+
+def run_ping(proto, addr, args) -> dict:
+    sock = socket.create_connection(addr, timeout=10.0)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    KEEP.append(sock)
+    ping, pong = proto.ping, proto.pong
+    size = len(pong)
+    send, recv = sock.send, sock.recv
+
+    def round_trips(count: int, samples: list | None) -> None:
+        for _ in range(count):
+            t = perf_ns()
+            send(ping)
+            data = recv(64)
+            if data != pong:
+                while len(data) < size and data and pong.startswith(data):
+                    more = recv(64)
+                    if not more:
+                        break
+                    data += more
+                if data != pong:
+                    raise Failure(f"expected {pong!r}, got {data!r}")
+            if samples is not None:
+                samples.append(perf_ns() - t)
+
+    try:
+        round_trips(args.warmup, None)
+        samples: list = []
+        window = Window(args.server_pid)
+        window.start()
+        round_trips(args.count, samples)
+        measured = window.stop()
+    except socket.timeout:
+        raise Failure("no PONG within 10 s")
+    except OSError as error:
+        raise Failure(f"ping connection failed: {error}")
+    samples.sort()
+    us = 1e3
+    return {
+        "mode": "ping",
+        "count": args.count,
+        "warmup": args.warmup,
+        "p50_us": percentile(samples, 0.50) / us,
+        "p99_us": percentile(samples, 0.99) / us,
+        "p999_us": percentile(samples, 0.999) / us,
+        "mean_us": sum(samples) / len(samples) / us,
+        "round_trips_per_s": args.count / measured["window_s"],
+        **measured,
+        "errors": [],
+    }
+
+
+# -- command line ----------------------------------------------------------------
+
+MODES = {
+    "fanout": run_fanout,
+    "latency": run_latency,
+    "connections": run_connections,
+    "ping": run_ping,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Load generator for bench_server.py (JSON result on stdout).",
+    )
+    parser.add_argument("--proto", choices=sorted(PROTOCOLS), required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--server-pid", type=int, default=None,
+                        help="server process to read CPU and memory of, from /proc")
+    parser.add_argument("--hold", action="store_true",
+                        help="after printing, keep the connections until stdin closes")
+    modes = parser.add_subparsers(dest="mode", required=True)
+    fanout = modes.add_parser("fanout", help="deliveries per second")
+    fanout.add_argument("--clients", type=int, default=100)
+    fanout.add_argument("--senders", type=int, default=10)
+    fanout.add_argument("--messages", type=int, default=2000, help="per sender")
+    fanout.add_argument("--timeout", type=float, default=180.0,
+                        help="seconds the whole send-and-deliver phase may take")
+    latency = modes.add_parser("latency", help="delivery latency at a paced rate")
+    latency.add_argument("--clients", type=int, default=100)
+    latency.add_argument("--senders", type=int, default=10)
+    latency.add_argument("--rate", type=float, default=200.0, help="messages per second per sender")
+    latency.add_argument("--duration", type=float, default=5.0, help="seconds of sending")
+    latency.add_argument("--timeout", type=float, default=30.0,
+                         help="seconds to wait after the last send")
+    conns = modes.add_parser("connections", help="login time, memory and idle CPU")
+    conns.add_argument("--clients", type=int, default=5000)
+    conns.add_argument("--idle", type=float, default=10.0, help="seconds to sit idle")
+    ping = modes.add_parser("ping", help="sequential PING round trips")
+    ping.add_argument("--count", type=int, default=20000)
+    ping.add_argument("--warmup", type=int, default=2000)
+    return parser
+
+
+def hold() -> None:
+    """Keep the connections until the driver closes our stdin (at most 120 s)."""
+    try:
+        until = time.monotonic() + 120
+        while True:
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                return
+            ready, _, _ = select.select([sys.stdin], [], [], remaining)
+            if ready and not os.read(sys.stdin.fileno(), 4096):
+                return
+    except (OSError, ValueError):
+        return
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    proto = PROTOCOLS[args.proto]
+    addr = (args.host, args.port)
+    try:
+        result = MODES[args.mode](proto, addr, args)
+        result["ok"] = not result.get("errors")
+        if not result["ok"]:
+            result["error"] = "; ".join(result["errors"][:5])
+    except Failure as failure:
+        result = {"mode": args.mode, "ok": False, "error": str(failure)}
+    result["proto"] = proto.name
+    result["gen_total_cpu_s"] = own_cpu()
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    if args.hold:
+        hold()
+    for sock in KEEP:
+        sock.close()
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
