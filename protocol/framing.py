@@ -167,58 +167,77 @@ class LineFramer:
         self._work = 0
         self._lines = 0
         self._parse(max_tokens, max_work)
-        self._drop_unfinished_if_done()
-        return Taken(self._events, self._tokens, self._lines)
+        if self._ended:
+            self._drop_unfinished_if_done()
+        # tuple.__new__ skips the NamedTuple's Python-level __new__: this is per read.
+        return tuple.__new__(Taken, (self._events, self._tokens, self._lines))
 
     # -- parsing -----------------------------------------------------------
 
     def _parse(self, max_tokens: int, max_work: int) -> None:
         data = self._data
         end = len(data)
-        max_line = self._max_line
-        conn = self._conn
-        events = self._events
         while self._pos < end and self._work < max_work:
-            pos = self._pos
-            if self._telnet != _DATA:
-                if not self._telnet_byte(data[pos], max_tokens):
-                    return
-                continue
-            lf = data.find(_LF, pos)
-            stop = end if lf < 0 else lf
-            iac = data.find(_IAC_BYTE, pos, stop) if self._may_hold_iac else -1
-            if iac < 0 and lf >= 0 and not self._partial and not self._overlong:
-                # The common case: a whole line in one piece.
-                if lf - pos > max_line:
-                    if self._tokens >= max_tokens:
-                        return
-                    self._pos = self._add(data, pos, lf, max_tokens)
+            if not (self._partial or self._overlong or self._may_hold_iac or self._telnet):
+                if self._whole_lines(data, max_tokens, max_work):
                     continue
-                if self._tokens >= max_tokens:
-                    return
-                line = data[pos:lf]
-                if line and line[-1] == _CR:
-                    line = line[:-1]
-                events.append(LineReceived(conn, line))
-                self._tokens += 1
-                self._work += 1
-                self._lines += 1
-                self._pos = lf + 1
-                continue
-            segment_end = stop if iac < 0 else iac
-            consumed = self._add(data, pos, segment_end, max_tokens)
-            self._pos = consumed
-            if consumed < segment_end:
-                return  # out of tokens in the middle of an overlong line
-            if iac >= 0:
-                self._pos = iac + 1
-                self._telnet = _COMMAND
-            elif lf >= 0:
-                if not self._end_line(max_tokens):
-                    return
-                self._pos = lf + 1
-            else:
-                return  # all stored bytes parsed; the line continues in the next feed
+            if not self._step(data, end, max_tokens):
+                return
+
+    def _whole_lines(self, data: bytes, max_tokens: int, max_work: int) -> bool:
+        """The common case, kept tight: whole lines, no Telnet, nothing unfinished.
+
+        Returns whether it took any line; the general ``_step`` handles the
+        rest (a budget that ran out, an overlong line, a line without its LF).
+        """
+        conn = self._conn
+        append = self._events.append
+        find = data.find
+        max_line = self._max_line
+        pos = start = self._pos
+        tokens = self._tokens
+        work = self._work
+        while tokens < max_tokens and work < max_work:
+            lf = find(_LF, pos)
+            if lf < 0 or lf - pos > max_line:
+                break
+            line = data[pos:lf]
+            if line and line[-1] == _CR:
+                line = line[:-1]
+            append(LineReceived(conn, line))
+            tokens += 1
+            work += 1
+            pos = lf + 1
+        taken = tokens - self._tokens
+        self._tokens = tokens
+        self._work = work
+        self._lines += taken
+        self._pos = pos
+        return pos > start
+
+    def _step(self, data: bytes, end: int, max_tokens: int) -> bool:
+        """Parse one piece in any state; False if a budget stops it."""
+        pos = self._pos
+        if self._telnet != _DATA:
+            return self._telnet_byte(data[pos], max_tokens)
+        lf = data.find(_LF, pos)
+        stop = end if lf < 0 else lf
+        iac = data.find(_IAC_BYTE, pos, stop) if self._may_hold_iac else -1
+        segment_end = stop if iac < 0 else iac
+        consumed = self._add(data, pos, segment_end, max_tokens)
+        self._pos = consumed
+        if consumed < segment_end:
+            return False  # out of tokens for an overlong line
+        if iac >= 0:
+            self._pos = iac + 1
+            self._telnet = _COMMAND
+        elif lf >= 0:
+            if not self._end_line(max_tokens):
+                return False
+            self._pos = lf + 1
+        else:
+            return False  # all stored bytes parsed; the line continues in the next feed
+        return True
 
     def _add(self, data: bytes, start: int, stop: int, max_tokens: int) -> int:
         """Append ``data[start:stop]`` (no LF, no Telnet) to the current line.

@@ -190,9 +190,12 @@ class Reactor:
 
     def run_once(self) -> None:
         """One turn: sleep, read, time, flush."""
-        ready = self._selector.select(self._select_timeout())
+        timers_due = self._wheel.next_wakeup()
+        ready = self._selector.select(self._select_timeout(timers_due))
         self._now = now = self._clock()
-        carried, self._carried = self._carried, []
+        carried = None  # connections whose parsed input waited for this turn
+        if self._carried:
+            carried, self._carried = self._carried, []
         for key, mask in ready:
             target = key.data
             if target is _LISTENER:
@@ -204,12 +207,15 @@ class Reactor:
                     self._writable.append(target)
                 if mask & READ:
                     self._readable(target)
-        self._continue(carried)
+        if carried:
+            self._continue(carried)
         if self._shutdown_requested and self._stop_at is None:
             self._begin_shutdown()
-        for timer in self._wheel.advance(now):
-            callback, conn = timer.payload
-            callback(conn, timer)
+        if timers_due is not None and now >= timers_due:
+            # Timers armed during this turn are all in the future: not due yet.
+            for timer in self._wheel.advance(now):
+                callback, conn = timer.payload
+                callback(conn, timer)
         self._flush()
         if self._stop_at is not None and now >= self._stop_at:
             for conn in list(self._connections):
@@ -223,11 +229,11 @@ class Reactor:
         self._stop_listening()
         self._selector.close()
 
-    def _select_timeout(self) -> Optional[float]:
+    def _select_timeout(self, timers_due: Optional[float]) -> Optional[float]:
+        """Sleep until the next timer (or the shutdown deadline); not at all if work waits."""
         if self._carried or (self._shutdown_requested and self._stop_at is None):
             return 0.0
-        wake = self._wheel.next_wakeup()
-        timeout = None if wake is None else max(0.0, wake - self._clock())
+        timeout = None if timers_due is None else max(0.0, timers_due - self._clock())
         if self._stop_at is not None:
             until_stop = max(0.0, self._stop_at - self._clock())
             timeout = until_stop if timeout is None else min(timeout, until_stop)
@@ -452,13 +458,15 @@ class Reactor:
         """
         outbox = self._outbox
         while True:
-            self._report_ended()
-            while outbox:
-                outbox.drain(self._deliver)
-            writable, self._writable = self._writable, []
-            for conn in writable:
-                if not conn.closed and conn.queue:
-                    self._send_queued(conn)
+            if self._ended:
+                self._report_ended()
+            if outbox:
+                outbox.drain(self._deliver, self._share)
+            if self._writable:
+                writable, self._writable = self._writable, []
+                for conn in writable:
+                    if not conn.closed and conn.queue:
+                        self._send_queued(conn)
             if self._closing:
                 closing, self._closing = self._closing, []
                 for conn in closing:
@@ -487,6 +495,21 @@ class Reactor:
         if conn.queued > self._max_output:
             self._over_output_limit(conn, foreign=reply_bytes < sum(map(len, pieces)))
         if not conn.closed and bool(conn.queue) != bool(conn.mask & WRITE):
+            self._update_interest(conn)
+
+    def _share(self, conn: Connection, payload: bytes) -> None:
+        """The hot path: a broadcast's shared bytes for an ordinary recipient."""
+        if conn.queue or conn.closed or conn.lingering:
+            self._deliver(conn, [payload], 0)
+            return
+        try:
+            conn.send_now(payload, 0)
+        except PeerGone:
+            self._close_now(conn)
+            return
+        if conn.queue:  # the kernel's buffer is full: wait until it is writable
+            if conn.queued > self._max_output:
+                self._over_output_limit(conn, foreign=True)
             self._update_interest(conn)
 
     def _send_queued(self, conn: Connection) -> None:

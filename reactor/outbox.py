@@ -44,6 +44,7 @@ from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 Conn = Hashable
 Deliver = Callable[[Conn, List[bytes], int], None]
+Share = Callable[[Conn, bytes], None]
 
 
 class _Run:
@@ -112,8 +113,15 @@ class Outbox:
             marks = self._marks[conn] = _Marks()
         return marks
 
-    def drain(self, deliver: Deliver) -> None:
-        """Hand every connection its output for the turn, then start empty."""
+    def drain(self, deliver: Deliver, share: Optional[Share] = None) -> None:
+        """Hand every connection its output for the turn, then start empty.
+
+        ``share(conn, payload)``, if given, takes the hot path: an ordinary
+        member of a turn's only run, handed the run's shared bytes (the same
+        as ``deliver(conn, [payload], 0)``, without building a list).
+        """
+        if share is None:
+            share = lambda conn, payload: deliver(conn, [payload], 0)  # noqa: E731
         log, runs, marks = self._log, self._runs, self._marks
         self._log, self._runs, self._marks = [], [], {}
         for run in runs:
@@ -125,7 +133,7 @@ class Outbox:
             payload = run.payload
             for conn in run.audience:
                 if conn not in marks:
-                    deliver(conn, [payload], 0)
+                    share(conn, payload)
         elif runs:
             pending: Dict[Conn, List[bytes]] = {}
             for run in runs:
@@ -139,6 +147,12 @@ class Outbox:
                             pieces.append(payload)
             for conn, pieces in pending.items():
                 deliver(conn, pieces, 0)
+        if not runs:  # private lines only (a PING, a WHO): nothing to interleave
+            for conn, conn_marks in marks.items():
+                private = conn_marks.private
+                pieces = [data for _, data, _ in private]
+                deliver(conn, pieces, sum(len(data) for _, data, foreign in private if not foreign))
+            return
         for conn, conn_marks in marks.items():
             pieces, reply_bytes = _assemble(conn, conn_marks, log, runs)
             if pieces:

@@ -157,6 +157,7 @@ class TimerWheel:
         "_overdue_min",
         "_slotted",
         "_wake_tick",
+        "_wake_boundary",
         "_seq",
     )
 
@@ -176,6 +177,7 @@ class TimerWheel:
         self._overdue_min = math.inf  # lower bound of the overdue deadlines
         self._slotted = 0  # pending timers that sit in slots
         self._wake_tick: int | None = None  # cached next non-empty tick
+        self._wake_boundary: tuple = (None, 0.0)  # (tick, its boundary): called every loop turn
         self._seq = itertools.count()
 
     @property
@@ -335,8 +337,13 @@ class TimerWheel:
         ``origin + k * tick`` may round so that ``_tick_at`` of it gives
         ``k - 1``; a loop that slept exactly until then would wake, find no
         work and sleep for zero seconds again.  A few ulps later is harmless.
+        The last answer is kept: the loop asks for the same tick every turn.
         """
+        cached_tick, cached_when = self._wake_boundary
+        if cached_tick == k:
+            return cached_when
         when = self._origin + k * self._tick
         while self._tick_at(when) < k:
             when = math.nextafter(when, math.inf)
+        self._wake_boundary = (k, when)
         return when
