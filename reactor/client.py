@@ -1,0 +1,660 @@
+"""``chat-client``: the terminal client for the chat server.
+
+Every line the user types is sent as typed, so the protocol is the user
+interface (``LOGIN alice``, ``MSG hi``, ``WHO``, ``QUIT``); the client adds
+a terminal that does not tear, and a scripted mode for pipes.
+
+Theory of operation
+-------------------
+The client has two jobs that block: reading the user's input and reading
+the server's lines.  ``select()`` cannot wait on standard input on Windows,
+and ``input()`` with readline blocks in C, so each job gets its own thread:
+
+*Interactive* (standard input is a terminal).  The main thread sits in
+``input()`` (``reactor.terminal.Screen.read_line``) and sends each line.
+A reader thread receives from the socket and hands each line to the
+``Screen``, which has the main thread draw it above the line being typed
+(how, and why there, is explained in ``reactor.terminal``).  Ctrl+D (``EOFError``) and
+Ctrl+C (``KeyboardInterrupt``) make the main thread send QUIT, wait briefly
+for ``Goodbye!``, and close.
+
+When the server closes first, the reader thread prints why and must pull
+the main thread out of ``input()``, which blocks in C.  It sends SIGINT to
+the main thread (``signal.pthread_kill``): readline's ``select()``, or the
+plain ``read()``, fails with EINTR and runs our handler, which raises
+``KeyboardInterrupt``.  The handler raises at most once per session (it is
+"armed" only while the main thread is in its editing loop), so a late
+signal can never surface as a traceback while the client is leaving.  A
+signal that arrives just before readline enters ``select()`` is not seen
+until the next key, so the reader sends it again until the main thread
+has left its loop (bounded).  The same applies to the user's own Ctrl+C:
+the reader thread blocks SIGINT, so the kernel delivers it to the main
+thread, and ``signal.set_wakeup_fd`` tells the reader thread it happened,
+which then makes sure it was seen.  Where ``pthread_kill`` does not exist
+(Windows), the reader thread flushes and ends the process with
+``os._exit``: no readline is in use there, so the console has no state to
+restore.
+
+*Scripted* (standard input is a pipe or a file).  A daemon thread copies
+standard input to the socket (as UTF-8: invalid bytes become U+FFFD, so
+the client never sends a byte 0xFF, which the server would take for a
+Telnet command) and, at end of input, half-closes the socket.  The main
+thread copies the socket to standard output byte for byte.  The protocol
+promises that after a half-close the server answers every complete line
+and then closes ("End of stream"), so "the server has answered" is exactly
+"the server closed": the main thread reads until then, but at most
+``--timeout`` seconds after the end of input, waking from ``select`` on
+the socket and on a socket pair the input thread signals.  Notices go to
+stderr, so stdout holds only what the server sent.
+
+Exit status: 0 when the session ended in order (the user left, the input
+ended and the server closed, or the server closed after ``Goodbye!``,
+``ERR idle-timeout``, ``ERR server-shutting-down`` or nothing at all); 1
+when the client could not connect or the connection broke (refused,
+unresolvable, ``ERR server-full``, reset, the server still open
+``--timeout`` seconds after the end of input, stdout closed under us); 2
+for a bad command line; 130 for Ctrl+C in scripted mode.  No network error
+prints a traceback.
+
+Imports: the standard library, ``protocol`` (for ``__version__``) and
+``reactor.terminal``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import os
+import re
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, List, Mapping, Optional, Sequence
+
+import protocol
+
+from .terminal import DRAW_SIGNAL, Screen, colour_wanted, maybe_readline
+
+__all__ = ["PROG", "Ending", "Options", "describe_ending", "main", "parse_options"]
+
+PROG = "chat-client"
+DEFAULT_HOST = "localhost"
+DEFAULT_PORT = 4000
+DEFAULT_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 10.0  # seconds for the TCP handshake
+QUIT_WAIT = 2.0  # seconds to wait for Goodbye! after Ctrl+D or Ctrl+C
+WAKE_INTERVAL = 0.02  # seconds between signals to a main thread that did not notice one
+WAKE_TRIES = 250
+MAX_UNDRAWN = 10000  # received lines waiting to be drawn before the socket waits too
+RECV_SIZE = 65536
+MAX_PARTIAL = 1 << 20  # a server line longer than this is shown in pieces
+
+# -- the command line ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the client was asked to do, validated."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    login: Optional[str] = None
+    timeout: float = DEFAULT_TIMEOUT  # 0 = wait for the server forever
+
+
+def _port(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,5}", text) or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 65535, got {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    if not re.fullmatch(r"[0-9]+(\.[0-9]*)?|\.[0-9]+", text):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return float(text)
+
+
+def _word(what: str) -> Callable[[str], str]:
+    """A converter refusing what would split the line or the command sent with it."""
+
+    def word(text: str) -> str:
+        if not text or not text.isprintable() or any(c.isspace() for c in text):
+            raise argparse.ArgumentTypeError(f"must be {what} without spaces, got {text!r}")
+        return text
+
+    return word
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line on stderr (and exit status 2), not usage text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+_DESCRIPTION = """\
+A terminal client for the chat server. Each line you type is sent as typed:
+LOGIN <name>, MSG <text>, DM <name> <text>, WHO, PING, QUIT. In a terminal,
+lines that arrive while you type appear above your input, which stays
+intact; Ctrl+D or Ctrl+C sends QUIT and leaves. With standard input from a
+pipe or a file, it sends each line, prints the server's lines unchanged on
+standard output, and exits once the input has ended and the server has
+answered and closed the connection."""
+
+_EPILOG = """\
+examples:
+  chat-client --login alice
+  chat-client --host chat.example.org --port 5000
+  printf 'LOGIN bot\\nWHO\\nQUIT\\n' | chat-client
+
+exit status: 0 when the session ended in order (you left, the input ended,
+or the server closed the connection), 1 when the client could not connect
+or the connection broke, 2 for a bad command line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {protocol.__version__}")
+    parser.add_argument(
+        "--host", type=_word("a host name or IP address"), default=DEFAULT_HOST,
+        help=f"server to connect to (default {DEFAULT_HOST})",
+    )
+    parser.add_argument(
+        "--port", type=_port, default=None,
+        help=f"server's TCP port (env PORT, default {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--login", type=_word("a user name"), metavar="NAME",
+        help="send LOGIN NAME as soon as the connection is open",
+    )
+    parser.add_argument(
+        "--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+        help="piped input only: once the input has ended, wait at most this long for the "
+        f"server to answer and close (default {DEFAULT_TIMEOUT:g}; 0 waits forever)",
+    )
+    return parser
+
+
+def parse_options(
+    argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, str]] = None
+) -> Options:
+    """The ``Options`` for this run, or ``SystemExit(2)`` after one line on stderr.
+
+    ``PORT`` is read only when ``--port`` is absent, so a stale variable
+    never blocks the flag; blank counts as unset, as for the server.
+    """
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    port = args.port
+    if port is None:
+        text = (os.environ if environ is None else environ).get("PORT", "").strip()
+        try:
+            port = _port(text) if text else DEFAULT_PORT
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"environment variable PORT: {error}")
+    return Options(host=args.host, port=port, login=args.login, timeout=args.timeout)
+
+
+# -- connecting and the end of a connection -------------------------------------
+
+
+class ConnectError(Exception):
+    """The connection could not be opened; the message is the line to print."""
+
+
+def connect(host: str, port: int) -> socket.socket:
+    try:
+        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+    except ConnectionRefusedError:
+        raise ConnectError(
+            f"cannot connect to {host} port {port}: connection refused (is the server running?)"
+        ) from None
+    except socket.gaierror as error:
+        raise ConnectError(f"cannot resolve host {host!r}: {error.strerror}") from None
+    except socket.timeout:
+        raise ConnectError(
+            f"cannot connect to {host} port {port}: no answer within {CONNECT_TIMEOUT:g} s"
+        ) from None
+    except OSError as error:
+        reason = error.strerror or error
+        raise ConnectError(f"cannot connect to {host} port {port}: {reason}") from None
+    sock.settimeout(None)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+    return sock
+
+
+@dataclass(frozen=True)
+class Ending:
+    """Why the connection ended, as the user is told it, and the exit status."""
+
+    message: str
+    status: int
+
+
+GOODBYE = Ending("disconnected (Goodbye!)", 0)
+CLOSED = Ending("the server closed the connection", 0)
+_FINAL_LINES = {  # the last line before the server's close -> how it ended
+    b"Goodbye!": GOODBYE,
+    b"ERR idle-timeout": Ending(
+        "the server closed the connection: idle timeout (no line was sent for too long)", 0
+    ),
+    b"ERR server-shutting-down": Ending("the server closed the connection: it is shutting down", 0),
+    b"ERR server-full": Ending("the server is full and closed the connection; try again later", 1),
+}
+
+
+def describe_ending(last_line: Optional[bytes], error: Optional[OSError]) -> Ending:
+    """The ending of a connection whose last complete line was ``last_line``.
+
+    ``last_line`` is None when nothing, or an unfinished line, came last.
+    """
+    if error is not None:
+        return Ending(f"connection lost: {error.strerror or error}", 1)
+    if last_line is not None:
+        return _FINAL_LINES.get(last_line.rstrip(b"\r"), CLOSED)
+    return CLOSED
+
+
+class _Lines:
+    """Cuts received bytes into lines; remembers the last one, which says why a close came."""
+
+    def __init__(self) -> None:
+        self._partial = b""
+        self.last: Optional[bytes] = None
+
+    def feed(self, chunk: bytes) -> List[bytes]:
+        *lines, self._partial = (self._partial + chunk).split(b"\n")
+        if len(self._partial) > MAX_PARTIAL:
+            lines.append(self._partial)
+            self._partial = b""
+        if lines:
+            self.last = lines[-1]
+        return lines
+
+    def rest(self) -> bytes:
+        """An unfinished last line, at end of stream."""
+        rest, self._partial = self._partial, b""
+        return rest
+
+
+def _to_utf8(text: str) -> bytes:
+    """``text`` as UTF-8, bytes the terminal could not decode replaced by U+FFFD."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace").encode("utf-8")
+
+
+def _shut(sock: socket.socket, how: int) -> None:
+    try:
+        sock.shutdown(how)
+    except OSError:
+        pass
+
+
+# -- interactive mode ------------------------------------------------------------
+
+
+class _Interactive:
+    """A session at a terminal; see the module docstring for its two threads."""
+
+    def __init__(self, sock: socket.socket, screen: Screen) -> None:
+        self._sock = sock
+        self._screen = screen
+        self._armed = False  # the next SIGINT raises KeyboardInterrupt in the main thread
+        self._left_input = threading.Event()  # the main thread is out of the editing loop
+        self._ended = threading.Event()  # the reader thread has seen the connection end
+        self._ending = Ending("", 0)
+        self._leaving = False  # the user leaves: the main thread waits for the end
+        self._closing = False  # the main thread closes the socket: its end is no news
+        self._signals, self._signals_in = socket.socketpair()
+        self._signals_in.setblocking(False)
+
+    def run(self, login: Optional[str], banner: str) -> int:
+        """The session; SIGINT keeps our handler after it, for a wake-up still in flight."""
+        signal.signal(signal.SIGINT, self._on_sigint)
+        signal.set_wakeup_fd(self._signals_in.fileno(), warn_on_full_buffer=False)
+        reader = threading.Thread(target=self._receive, name="chat-client reader", daemon=True)
+        self._screen.notice(banner)
+        if login:
+            self._send(f"LOGIN {login}")
+        interrupted = False
+        reader.start()
+        try:
+            self._armed = True  # a Ctrl+C before this is delivered again by the reader
+            self._edit()
+            self._armed = False  # inside the try: a wake-up may land just before it
+        except KeyboardInterrupt:  # Ctrl+C, or the reader thread waking us
+            interrupted = True
+        self._left_input.set()
+        by_server = self._ended.is_set()
+        self._screen.close_input(interrupted and not by_server)
+        if by_server:
+            _discard_typed_input()
+        else:
+            self._leave()
+        if self._ended.is_set():
+            self._screen.notice(f"{PROG}: {self._ending.message}")
+        self._closing = True
+        _shut(self._sock, socket.SHUT_RDWR)
+        reader.join(QUIT_WAIT)
+        signal.set_wakeup_fd(-1)
+        self._signals.close()
+        self._signals_in.close()
+        return self._ending.status if by_server else 0
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        """Raise once: a second Ctrl+C, or the reader's wake-up, must not interrupt the leaving."""
+        if self._armed:
+            self._armed = False
+            raise KeyboardInterrupt
+
+    def _edit(self) -> None:
+        while not self._ended.is_set():
+            try:
+                line = self._screen.read_line()
+            except EOFError:  # Ctrl+D on an empty line (Ctrl+Z Enter on Windows)
+                return
+            self._send(line)
+
+    def _send(self, line: str) -> None:
+        try:
+            self._sock.sendall(_to_utf8(line) + b"\n")
+        except OSError:
+            pass  # the reader thread sees the end of the connection and says why
+
+    def _leave(self) -> None:
+        """The user leaves: QUIT, and a moment for the server's Goodbye! to show."""
+        self._leaving = True
+        self._sock.settimeout(QUIT_WAIT)  # a server that stopped reading us must not hold us
+        self._send("QUIT")
+        self._ended.wait(QUIT_WAIT)
+
+    def _receive(self) -> None:
+        """The reader thread: hand every line to the screen until the connection ends.
+
+        It also keeps two promises the main thread cannot keep itself, both
+        about signals that reach the main thread while readline handles a
+        key and so go unseen until the next one: it pokes the screen again
+        while received lines wait to be drawn, and it delivers a Ctrl+C
+        again (the wake-up socket says one came) until the main thread has
+        left its loop.
+        """
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT} | _draw_signals())
+        lines = _Lines()
+        error: Optional[OSError] = None
+        try:
+            while True:
+                waiting = self._screen.undrawn()
+                watched = [self._signals] if waiting > MAX_UNDRAWN else [self._sock, self._signals]
+                readable, _, _ = select.select(watched, [], [], WAKE_INTERVAL if waiting else None)
+                if self._signals in readable and signal.SIGINT in self._signals.recv(64):
+                    self._interrupt_main()  # the bytes are the numbers of the signals caught
+                if self._sock in readable:
+                    chunk = self._sock.recv(RECV_SIZE)
+                    if not chunk:
+                        break
+                    for line in lines.feed(chunk):
+                        self._screen.show(line)
+                self._screen.poke()
+        except (OSError, ValueError) as exc:  # ValueError: select on a socket closed under us
+            error = exc if isinstance(exc, OSError) else None
+        rest = lines.rest()
+        if rest:
+            self._screen.show(rest)
+        if self._closing:
+            return
+        self._ending = describe_ending(None if rest else lines.last, error)
+        self._ended.set()
+        if not self._leaving:
+            self._interrupt_main()
+
+    def _interrupt_main(self) -> None:
+        """Pull the main thread out of ``input()``, which no Python code can interrupt.
+
+        SIGINT to the main thread makes readline's ``select()`` (or the
+        plain ``read()``) fail with EINTR and run our handler; a signal that
+        lands just before the ``select()`` goes unseen, so it is sent again
+        until the main thread has left its loop (bounded).  Without
+        ``pthread_kill`` (Windows) the process ends here, after the last
+        word: no readline is in use there, so the console has no state to
+        restore.
+        """
+        if not hasattr(signal, "pthread_kill"):
+            if self._ended.is_set() and not self._leaving:
+                self._screen.notice(f"{PROG}: {self._ending.message}")
+                _flush_std_streams()
+                os._exit(self._ending.status)
+            return
+        main = threading.main_thread().ident or 0
+        for _ in range(WAKE_TRIES):
+            if self._left_input.is_set():
+                return
+            signal.pthread_kill(main, signal.SIGINT)
+            if self._left_input.wait(WAKE_INTERVAL):
+                return
+
+
+def _draw_signals() -> set:
+    return {DRAW_SIGNAL} if DRAW_SIGNAL is not None else set()
+
+
+def _discard_typed_input() -> None:
+    """Drop a half-typed line from a plain terminal, so the shell does not run it after us.
+
+    Readline reads every key as it is pressed, so it leaves nothing behind;
+    a terminal in line mode still holds what was typed since the last Enter.
+    """
+    try:
+        import termios
+
+        termios.tcflush(sys.stdin.fileno(), termios.TCIFLUSH)
+    except (ImportError, OSError, ValueError, AttributeError):
+        pass
+
+
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def run_interactive(sock: socket.socket, options: Options, environ: Mapping[str, str]) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")  # type: ignore[union-attr]
+    stdout_is_tty = sys.stdout is not None and sys.stdout.isatty()
+    readline = maybe_readline(environ) if stdout_is_tty else None
+    screen = Screen(sys.stdout, sys.stderr, readline, colour_wanted(sys.stdout, environ))
+    where = f"{options.host} port {options.port}"
+    leave = "Ctrl+D leaves" if os.name != "nt" else "Ctrl+Z Enter leaves"
+    if options.login:
+        banner = f"Connected to {where} as {options.login}. {leave}."
+    else:
+        banner = f"Connected to {where}. Log in with LOGIN <name>; {leave}."
+    return _Interactive(sock, screen).run(options.login, banner)
+
+
+# -- scripted mode ---------------------------------------------------------------
+
+
+class _InputPump:
+    """The input thread of scripted mode: standard input to the socket, then a half-close.
+
+    It reads with ``os.read``, not ``sys.stdin``: a daemon thread still
+    blocked at exit must not hold the lock of a buffered stream, or the
+    interpreter would hang on it while shutting down.
+    """
+
+    def __init__(self, sock: socket.socket, fd: Optional[int], wake: socket.socket) -> None:
+        self._sock = sock
+        self._fd = fd
+        self._wake = wake
+        self.ended_at: Optional[float] = None  # monotonic time the input ended
+        self._last = b"\n"  # the last byte sent; nothing sent counts as a finished line
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="chat-client input", daemon=True).start()
+
+    def _run(self) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        first = True
+        try:
+            while self._fd is not None:
+                data = os.read(self._fd, RECV_SIZE)
+                if not data:
+                    break
+                text = decoder.decode(data)
+                if first and text:
+                    first = False
+                    if text.startswith("\ufeff"):  # the BOM some Windows editors write
+                        text = text[1:]
+                self._send(text.encode("utf-8"))
+            self._send(decoder.decode(b"", final=True).encode("utf-8"))
+            if self._last != b"\n":
+                self._send(b"\n")  # a last line without LF is still a line to its author
+        except OSError:
+            pass  # input unreadable or connection gone: the main thread reports the latter
+        finally:
+            self.ended_at = time.monotonic()  # before the half-close, which makes the server close
+            _shut(self._sock, socket.SHUT_WR)
+            try:
+                self._wake.send(b"\0")
+            except OSError:
+                pass
+
+    def _send(self, data: bytes) -> None:
+        if data:
+            self._sock.sendall(data)
+            self._last = data[-1:]
+
+
+def _stdin_fd() -> Optional[int]:
+    try:
+        return sys.stdin.fileno() if sys.stdin is not None else None
+    except (OSError, ValueError):
+        return None
+
+
+def run_scripted(sock: socket.socket, options: Options, out: Optional[BinaryIO]) -> int:
+    """Copy the server's bytes to ``out`` until it closes; see the module docstring."""
+    wake_read, wake_write = socket.socketpair()
+    try:
+        if options.login:
+            sock.sendall(_to_utf8(f"LOGIN {options.login}") + b"\n")
+        pump = _InputPump(sock, _stdin_fd(), wake_write)
+        pump.start()
+        return _copy_to_output(sock, wake_read, pump, options.timeout, out)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        wake_read.close()
+        wake_write.close()
+
+
+def _copy_to_output(
+    sock: socket.socket,
+    wake: socket.socket,
+    pump: _InputPump,
+    timeout: float,
+    out: Optional[BinaryIO],
+) -> int:
+    lines = _Lines()
+    error: Optional[OSError] = None
+    while True:
+        deadline = None if pump.ended_at is None or not timeout else pump.ended_at + timeout
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        readable, _, _ = select.select([sock, wake], [], [], wait)
+        if not readable:
+            _notice(f"the server did not close the connection {timeout:g} s after the end of input")
+            return 1
+        if wake in readable:
+            wake.recv(64)
+        if sock not in readable:
+            continue
+        try:
+            chunk = sock.recv(RECV_SIZE)
+        except OSError as exc:
+            error = exc
+            break
+        if not chunk:
+            break
+        lines.feed(chunk)
+        if out is not None:
+            try:
+                out.write(chunk)
+                out.flush()
+            except BrokenPipeError:
+                _silence_stdout()
+                return 1
+    ending = describe_ending(None if lines.rest() else lines.last, error)
+    # A script that sent QUIT, or ended its input, expects the close: no news then.
+    if not (ending is GOODBYE or (ending is CLOSED and pump.ended_at is not None)):
+        _notice(ending.message)
+    return ending.status
+
+
+def _notice(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def _silence_stdout() -> None:
+    """The reader of our stdout left; point stdout at devnull so exit does not complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+# -- the entry point -------------------------------------------------------------
+
+
+def _stdin_is_tty() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (OSError, ValueError):
+        return False
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the client; the return value is the exit status (see the module docstring)."""
+    options = parse_options(argv)  # exits 2 on a bad value
+    try:
+        sock = connect(options.host, options.port)
+    except ConnectError as error:
+        _notice(str(error))
+        return 1
+    except KeyboardInterrupt:  # Ctrl+C while a slow server is being reached
+        return 130
+    try:
+        if _stdin_is_tty():
+            return run_interactive(sock, options, os.environ)
+        return run_scripted(sock, options, getattr(sys.stdout, "buffer", None))
+    except OSError as error:  # a network error the session did not expect: still no traceback
+        _notice(f"connection lost: {error.strerror or error}")
+        return 1
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
