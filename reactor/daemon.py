@@ -31,35 +31,12 @@ from typing import Optional, Sequence
 
 from .config import PROG, Config, parse_config
 from .limits import fit_max_clients
+from .logs import configure_logging
 from .loop import Reactor
 
 log = logging.getLogger("chat")
 
 _ALL_INTERFACES = {"0.0.0.0", "::", ""}
-
-
-class _Formatter(logging.Formatter):
-    """Plain INFO lines (the seed's format, byte for byte); other levels say their level."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        message = super().format(record)
-        if record.levelno == logging.INFO:
-            return message
-        return f"{record.levelname}: {message}"
-
-
-def configure_logging(level: str) -> None:
-    # The logging HOWTO's optimisations: no caller lookup, thread or process
-    # names per record.  Two records per connection are on the accept path.
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter("%(message)s"))
-    log.handlers[:] = [handler]
-    log.setLevel(level)
-    log.propagate = False
 
 
 class StartupError(Exception):
@@ -118,7 +95,7 @@ def _route_signals(reactor: Reactor, wakeup_write: socket.socket) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the daemon; the return value is the exit status."""
     config = parse_config(argv)  # exits 2 on a bad value
-    configure_logging(config.log_level)
+    log_handler = configure_logging(config.log_level, sys.stderr)
     max_clients, warning = fit_max_clients(config.max_clients)
     if warning:
         log.warning("%s", warning)
@@ -129,7 +106,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return error.status
     wakeup_read, wakeup_write = socket.socketpair()
-    reactor = Reactor(listener, config, wakeup=wakeup_read)
+    reactor = Reactor(listener, config, wakeup=wakeup_read, after_turn=log_handler.flush)
     _route_signals(reactor, wakeup_write)  # before the startup line: a supervisor may signal at once
     port = listener.getsockname()[1]
     print(f"Chat server started on port {port}", flush=True)
@@ -148,5 +125,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         wakeup_read.close()
         wakeup_write.close()
     log.info("Server stopped")
+    log_handler.flush()
     return 0
 

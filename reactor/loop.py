@@ -126,7 +126,8 @@ class Reactor:
 
     ``clock`` is the monotonic clock (tests pass a fake one); ``wakeup`` is
     the read end of a socket pair whose write end is the signal wakeup fd, so
-    a signal interrupts ``select`` at once.
+    a signal interrupts ``select`` at once; ``after_turn`` runs at the end of
+    every turn, before the loop sleeps (the daemon writes its log lines then).
     """
 
     def __init__(
@@ -136,6 +137,7 @@ class Reactor:
         *,
         clock: Callable[[], float] = time.monotonic,
         wakeup: Optional[socket.socket] = None,
+        after_turn: Optional[Callable[[], None]] = None,
     ) -> None:
         self._config = config
         self._clock = clock
@@ -147,6 +149,8 @@ class Reactor:
         self._listener: Optional[socket.socket] = listener
         self._accept_timer = Timer((self._resume_accepting, None))
         self._wakeup = wakeup
+        self._after_turn = after_turn
+        self._notes: List[str] = []  # connection log lines, written once per turn
         self._connections: set = set()
         self._carried: List[Connection] = []  # parsed input left by the work budget
         self._closing: List[Connection] = []  # to close once their output is flushed
@@ -220,14 +224,38 @@ class Reactor:
         if self._stop_at is not None and now >= self._stop_at:
             for conn in list(self._connections):
                 self._close_now(conn)
+        if self._notes:
+            self._write_notes()
+        if self._after_turn is not None:
+            self._after_turn()
 
     def close(self) -> None:
         """Release every socket (after ``serve_forever``, or to abandon the loop)."""
         for conn in list(self._connections):
             self._close_now(conn)
         self._report_ended()
+        if self._notes:
+            self._write_notes()
         self._stop_listening()
         self._selector.close()
+
+    def _write_notes(self) -> None:
+        """Log the turn's connections and disconnections as one record.
+
+        Two lines per connection sit on the accept path; one record per turn
+        instead of one per line keeps the logging machinery off it.  The
+        bytes on stderr are the same, one line each.
+        """
+        notes, self._notes = self._notes, []
+        log.info("%s", "\n".join(notes))
+
+    def _log(self, level: int, message: str, *args: object, exc_info: bool = False) -> None:
+        """Any other log record, after the connection lines it may refer to."""
+        if not log.isEnabledFor(level):
+            return
+        if self._notes:
+            self._write_notes()
+        log.log(level, message, *args, exc_info=exc_info)
 
     def _select_timeout(self, timers_due: Optional[float]) -> Optional[float]:
         """Sleep until the next timer (or the shutdown deadline); not at all if work waits."""
@@ -257,13 +285,14 @@ class Reactor:
                     self._pause_accepting(error)
                     return
                 # ECONNABORTED, EPROTO, ...: that client gave up; try the next one.
-                log.debug("accept failed: %s", error)
+                self._log(logging.DEBUG, "accept failed: %s", error)
                 continue
             self._open(sock, address)
 
     def _pause_accepting(self, error: OSError) -> None:
         """Out of file descriptors: stop accepting for a while instead of spinning."""
-        log.warning(
+        self._log(
+            logging.WARNING,
             "cannot accept connections: %s; pausing accept for %.1f s",
             error.strerror or error,
             ACCEPT_RETRY,
@@ -304,7 +333,7 @@ class Reactor:
         self._connections.add(conn)
         self._selector.register(sock, READ, conn)
         conn.mask = READ
-        log.info("New connection from %s", conn.peer)
+        self._notes.append(f"New connection from {conn.peer}")
         if self._idle_timeout:
             conn.idle_timer = Timer((self._idle_timer_fired, conn))
             self._wheel.schedule(conn.idle_timer, now + self._idle_timeout)
@@ -324,7 +353,9 @@ class Reactor:
         except OSError:
             pass
         sock.close()
-        log.debug("refused %s at once: %d sockets open", tuple(address[:2]), len(self._connections))
+        self._log(
+            logging.DEBUG, "refused %s at once: %d sockets open", tuple(address[:2]), len(self._connections)
+        )
 
     def _drain_wakeup(self) -> None:
         try:
@@ -374,7 +405,7 @@ class Reactor:
                 if conn.closing or conn.closed:
                     return  # nothing it sent after this may run
         except Exception:  # a bug, never a client's input: cost that client only
-            log.exception("internal error while serving %s; closing it", conn.peer)
+            self._log(logging.ERROR, "internal error while serving %s; closing it", conn.peer, exc_info=True)
             self._close_now(conn)
             return
         if conn.framer.pending:
@@ -437,9 +468,10 @@ class Reactor:
     def _close_requested(self, conn: Connection, reason: CloseReason) -> None:
         if conn.closed:
             return
-        log.debug("closing %s: %s", conn.peer, reason.value)
+        self._log(logging.DEBUG, "closing %s: %s", conn.peer, reason.value)
         if reason is CloseReason.CROSS_PROTOCOL:
-            log.warning(
+            self._log(
+                logging.WARNING,
                 "closing %s: it sent an HTTP request to the chat port (cross-protocol guard)",
                 conn.peer,
             )
@@ -525,7 +557,8 @@ class Reactor:
     def _over_output_limit(self, conn: Connection, foreign: bool) -> None:
         """Evict a slow consumer; a client behind on its own replies just stops being read."""
         if foreign and conn.foreign_bytes > self._max_output and not conn.closing:
-            log.warning(
+            self._log(
+                logging.WARNING,
                 "disconnecting slow consumer %s: %d bytes of unsent output (--max-output %d)",
                 conn.peer,
                 conn.queued,
@@ -619,7 +652,7 @@ class Reactor:
         conn.queue.clear()
         conn.queued = 0
         self._connections.discard(conn)
-        log.info("Connection closed: %s", conn.peer)
+        self._notes.append(f"Connection closed: {conn.peer}")
         self._report_closed(conn)
 
     def _report_closed(self, conn: Connection) -> None:
@@ -648,7 +681,7 @@ class Reactor:
 
     def _begin_shutdown(self) -> None:
         """Stop accepting, tell everyone, and give them SHUTDOWN_TIMEOUT to get it."""
-        log.info("Shutting down: %d connection(s) open", len(self._connections))
+        self._log(logging.INFO, "Shutting down: %d connection(s) open", len(self._connections))
         self._stop_at = self._now + SHUTDOWN_TIMEOUT
         self._stop_listening()
         self._apply(self._machine.handle(ShutdownStarted()))
