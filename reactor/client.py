@@ -19,9 +19,9 @@ Ctrl+C (``KeyboardInterrupt``) make the main thread send QUIT, wait briefly
 for ``Goodbye!``, and close.
 
 When the server closes first, the reader thread prints why and must pull
-the main thread out of ``input()``, which blocks in C.  It sends SIGINT to
-the main thread (``signal.pthread_kill``): readline's ``select()``, or the
-plain ``read()``, fails with EINTR and runs our handler, which raises
+the main thread out of ``input()``, which blocks in C.  It sends a signal
+to the main thread (``signal.pthread_kill``): readline's ``select()``, or
+the plain ``read()``, fails with EINTR and runs a handler, which raises
 ``KeyboardInterrupt``.  The handler raises at most once per session (it is
 "armed" only while the main thread is in its editing loop), so a late
 signal can never surface as a traceback while the client is leaving.  A
@@ -30,7 +30,19 @@ until the next key, so the reader sends it again until the main thread
 has left its loop (bounded).  The same applies to the user's own Ctrl+C:
 the reader thread blocks SIGINT, so the kernel delivers it to the main
 thread, and ``signal.set_wakeup_fd`` tells the reader thread it happened,
-which then makes sure it was seen.  Where ``pthread_kill`` does not exist
+which then makes sure it was seen.
+
+One trap shapes the handlers.  After readline gives up on an interrupt,
+``input()`` checks for signals once more with the ``KeyboardInterrupt``
+already set; any Python handler that runs then fails with SystemError and
+prints a traceback.  So exactly one handler raises, the one for
+``DRAW_SIGNAL`` (SIGUSR1, the highest-numbered signal we handle: CPython
+runs the handlers of one check in increasing order, so none of ours is left
+pending behind it), and before raising it blocks both signals, so none can
+arrive until ``input()`` has returned.  A Ctrl+C (SIGINT) only records the
+request and sends ``DRAW_SIGNAL``, which the same check then runs.  In
+plain mode there is no draw signal; there SIGINT raises itself, after
+blocking itself.  Where ``pthread_kill`` does not exist
 (Windows), the reader thread flushes and ends the process with
 ``os._exit``: no readline is in use there, so the console has no state to
 restore.
@@ -315,7 +327,8 @@ class _Interactive:
     def __init__(self, sock: socket.socket, screen: Screen) -> None:
         self._sock = sock
         self._screen = screen
-        self._armed = False  # the next SIGINT raises KeyboardInterrupt in the main thread
+        self._armed = False  # the main thread is in its editing loop: an interrupt may raise
+        self._interrupt = False  # an interrupt was asked for: Ctrl+C, or the connection ended
         self._left_input = threading.Event()  # the main thread is out of the editing loop
         self._ended = threading.Event()  # the reader thread has seen the connection end
         self._ending = Ending("", 0)
@@ -327,6 +340,8 @@ class _Interactive:
     def run(self, login: Optional[str], banner: str) -> int:
         """The session; SIGINT keeps our handler after it, for a wake-up still in flight."""
         signal.signal(signal.SIGINT, self._on_sigint)
+        if self._screen.draws_on_signal:
+            signal.signal(DRAW_SIGNAL, self._on_wake)
         signal.set_wakeup_fd(self._signals_in.fileno(), warn_on_full_buffer=False)
         reader = threading.Thread(target=self._receive, name="chat-client reader", daemon=True)
         self._screen.notice(banner)
@@ -340,6 +355,9 @@ class _Interactive:
             self._armed = False  # inside the try: a wake-up may land just before it
         except KeyboardInterrupt:  # Ctrl+C, or the reader thread waking us
             interrupted = True
+        if hasattr(signal, "pthread_sigmask"):
+            # Blocked by the handler that raised; a late Ctrl+C is harmless now.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         self._left_input.set()
         by_server = self._ended.is_set()
         self._screen.close_input(interrupted and not by_server)
@@ -358,10 +376,27 @@ class _Interactive:
         return self._ending.status if by_server else 0
 
     def _on_sigint(self, signum: int, frame: object) -> None:
-        """Raise once: a second Ctrl+C, or the reader's wake-up, must not interrupt the leaving."""
-        if self._armed:
-            self._armed = False
-            raise KeyboardInterrupt
+        """Ctrl+C, or the reader's wake-up in plain mode: leave the editing loop."""
+        if not self._armed:
+            return
+        self._interrupt = True
+        if self._screen.draws_on_signal:
+            _wake_main()  # its handler raises, in this same check of signals
+        else:
+            self._raise_once({signal.SIGINT})
+
+    def _on_wake(self, signum: int, frame: object) -> None:
+        """``DRAW_SIGNAL``: raise if an interrupt is due, else draw the lines received."""
+        if self._interrupt and self._armed:
+            self._raise_once({signal.SIGINT, DRAW_SIGNAL})
+        self._screen.on_draw_signal(signum, frame)
+
+    def _raise_once(self, signals: set) -> None:
+        """Raise KeyboardInterrupt with ``signals`` blocked, so no handler runs until input() returns."""
+        self._armed = False
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        raise KeyboardInterrupt
 
     def _edit(self) -> None:
         while not self._ended.is_set():
@@ -427,8 +462,9 @@ class _Interactive:
     def _interrupt_main(self) -> None:
         """Pull the main thread out of ``input()``, which no Python code can interrupt.
 
-        SIGINT to the main thread makes readline's ``select()`` (or the
-        plain ``read()``) fail with EINTR and run our handler; a signal that
+        A signal to the main thread (``DRAW_SIGNAL`` with readline, SIGINT
+        in plain mode) makes readline's ``select()`` (or the plain
+        ``read()``) fail with EINTR and run our handler; a signal that
         lands just before the ``select()`` goes unseen, so it is sent again
         until the main thread has left its loop (bounded).  Without
         ``pthread_kill`` (Windows) the process ends here, after the last
@@ -441,13 +477,22 @@ class _Interactive:
                 _flush_std_streams()
                 os._exit(self._ending.status)
             return
-        main = threading.main_thread().ident or 0
+        self._interrupt = True
+        wake = _wake_main if self._screen.draws_on_signal else _interrupt_main_thread
         for _ in range(WAKE_TRIES):
             if self._left_input.is_set():
                 return
-            signal.pthread_kill(main, signal.SIGINT)
+            wake()
             if self._left_input.wait(WAKE_INTERVAL):
                 return
+
+
+def _wake_main() -> None:
+    signal.pthread_kill(threading.main_thread().ident or 0, DRAW_SIGNAL)
+
+
+def _interrupt_main_thread() -> None:
+    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
 
 def _draw_signals() -> set:

@@ -20,7 +20,7 @@ then echoes a second time.  So the reader thread queues each line and
 sends ``DRAW_SIGNAL`` (SIGUSR1) to the main thread with
 ``signal.pthread_kill``.  Readline waits for keys in ``select()``; the
 signal interrupts it, readline lets Python run the handler
-(``Screen._on_draw_signal``), then goes back to waiting.  At that moment
+(``Screen.on_draw_signal``), then goes back to waiting.  At that moment
 readline is idle and the screen shows exactly its prompt and buffer, so the
 handler, in one write: (1) moves the cursor up to the input's first row (a
 long input wraps) and erases to the end of the screen; (2) prints the
@@ -260,7 +260,7 @@ class Screen:
         self._point = _maybe_readline_int(readline, "rl_point")
         self._done = _maybe_readline_int(readline, "rl_done")
         if readline is not None:
-            signal.signal(DRAW_SIGNAL, self._on_draw_signal)
+            signal.signal(DRAW_SIGNAL, self.on_draw_signal)
             if hasattr(readline, "set_pre_input_hook"):
                 # No bytecode, so no signal handler runs inside (see the module docstring).
                 readline.set_pre_input_hook(functools.partial(setattr, self, "_prompt_shown", True))
@@ -304,7 +304,12 @@ class Screen:
         with self._lock:
             _emit(self._err, text + "\n")
 
-    def _on_draw_signal(self, signum: int, frame: object) -> None:
+    @property
+    def draws_on_signal(self) -> bool:
+        """Whether ``DRAW_SIGNAL`` reaches the main thread's ``on_draw_signal`` (readline mode)."""
+        return self._readline is not None
+
+    def on_draw_signal(self, signum: int, frame: object) -> None:
         """Draw the queued lines; the main thread runs this between two keys.
 
         Python runs a handler inside readline's ``select()`` (interrupted by
