@@ -28,20 +28,14 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIMEOUT = 5.0
 
 
-class Client:
-    """A raw TCP client that reads the server's output line by line."""
+class LineSource:
+    """Lines out of a byte stream that arrives in chunks; subclasses say how to read one."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
-        self.sock = socket.create_connection((host, port), timeout=TIMEOUT)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._buffer = b""
+    _buffer = b""
 
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def say(self, *lines: str) -> None:
-        """Send each line, LF-terminated, in one segment."""
-        self.send("".join(line + "\n" for line in lines).encode())
+    def _read_chunk(self, timeout: float) -> Optional[bytes]:
+        """Up to 64 KiB within ``timeout``: ``None`` if nothing came, ``b""`` at the end."""
+        raise NotImplementedError
 
     def line(self, timeout: float = TIMEOUT) -> bytes:
         """The next line, without its LF; AssertionError at end of stream or timeout."""
@@ -49,11 +43,9 @@ class Client:
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
             assert remaining > 0, f"no line within {timeout} s (have {self._buffer!r})"
-            self.sock.settimeout(remaining)
-            try:
-                chunk = self.sock.recv(65536)
-            except socket.timeout:
-                raise AssertionError(f"no line within {timeout} s (have {self._buffer!r})")
+            chunk = self._read_chunk(remaining)
+            if chunk is None:
+                continue
             assert chunk, f"end of stream while waiting for a line (have {self._buffer!r})"
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
@@ -63,6 +55,28 @@ class Client:
         for expected in lines:
             got = self.line().decode("utf-8", "replace")
             assert got == expected, f"expected {expected!r}, got {got!r}"
+
+
+class Client(LineSource):
+    """A raw TCP client that reads the server's output line by line."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection((host, port), timeout=TIMEOUT)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def say(self, *lines: str) -> None:
+        """Send each line, LF-terminated, in one segment."""
+        self.send("".join(line + "\n" for line in lines).encode())
+
+    def _read_chunk(self, timeout: float) -> Optional[bytes]:
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(65536)
+        except socket.timeout:
+            return None
 
     def sync(self) -> None:
         """PING and expect PONG next: everything sent to us before has arrived."""

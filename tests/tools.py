@@ -11,10 +11,11 @@ import os
 import select
 import shutil
 import subprocess
-import time
-from typing import List
+from typing import List, Optional
 
 import pytest
+
+from netutil import LineSource
 
 PACKAGES = {"nc": "netcat-openbsd", "socat": "socat", "ncat": "ncat", "telnet": "telnet", "tmux": "tmux"}
 
@@ -29,37 +30,22 @@ def require(tool: str) -> str:
     pytest.skip(message)
 
 
-class ProcessClient:
+class ProcessClient(LineSource):
     """A line client that is another program (nc, socat): we type into its stdin."""
 
     def __init__(self, argv: List[str]) -> None:
         self.process = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
-        self._buffer = b""
 
     def say(self, *lines: str) -> None:
         self.process.stdin.write("".join(line + "\n" for line in lines).encode())
         self.process.stdin.flush()
 
-    def line(self, timeout: float = 5.0) -> bytes:
-        deadline = time.monotonic() + timeout
-        out = self.process.stdout
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"no line within {timeout} s (have {self._buffer!r})"
-            ready, _, _ = select.select([out], [], [], remaining)
-            if ready:
-                chunk = os.read(out.fileno(), 65536)
-                assert chunk, f"end of output while waiting for a line (have {self._buffer!r})"
-                self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line
-
-    def expect(self, *lines: str) -> None:
-        for expected in lines:
-            got = self.line().decode("utf-8", "replace")
-            assert got == expected, f"expected {expected!r}, got {got!r}"
+    def _read_chunk(self, timeout: float) -> Optional[bytes]:
+        out = self.process.stdout.fileno()
+        ready, _, _ = select.select([out], [], [], timeout)
+        return os.read(out, 65536) if ready else None
 
     def close(self, timeout: float = 5.0) -> int:
         """End its input and wait for it to exit (killing it after ``timeout``)."""
