@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from netutil import ROOT, Client, ServerProcess, login, server_process
+from netutil import ROOT, Client, ServerProcess, login, seed_terminal_steps, server_process
 from tools import ProcessClient, require
 
 
@@ -159,26 +159,7 @@ def test_help_and_version():
 def test_the_seed_readme_terminals_against_python_m_reactor():
     """The README's "Testing with Multiple Terminals" steps, raw sockets, the real daemon."""
     with server_process() as server:
-        alice, bob = Client(server.port), Client(server.port)
-        alice.say("LOGIN alice")
-        alice.expect("OK")
-        bob.say("LOGIN bob")
-        bob.expect("OK")
-        alice.say("MSG Hello everyone!")
-        bob.expect("MSG alice Hello everyone!")
-        bob.say("MSG Hi alice!")
-        alice.expect("MSG bob Hi alice!")
-        alice.say("WHO")
-        alice.expect("USER alice", "USER bob")
-        alice.say("DM bob Private message")
-        bob.expect("DM alice Private message")
-        bob.say("PING")
-        bob.expect("PONG")
-        alice.say("QUIT")
-        alice.expect("Goodbye!")
-        bob.expect("INFO alice disconnected")
-        bob.say("EXIT")
-        bob.expect("Goodbye!")
+        seed_terminal_steps(server.port)
         status, _, err = server.stop()
     assert status == 0 and b"Traceback" not in err
 

@@ -44,6 +44,16 @@ def room(*names: str, **options) -> Chat:
     return chat
 
 
+def me_beside_yudi(logged_in: bool) -> Chat:
+    """Yudi logged in, and connection "me", logged in as Naman or not."""
+    chat = room("Yudi")
+    if logged_in:
+        chat.login("me", "Naman")
+    else:
+        chat.open("me")
+    return chat
+
+
 def err(code: str) -> bytes:
     return b"ERR " + code.encode() + b"\n"
 
@@ -191,11 +201,7 @@ def test_dm_shows_the_sender_in_nfkc_form_with_typed_case():
 @pytest.mark.parametrize("line", [b"PING", b"ping", b"PiNg", b"PING extra words", b"PING \x1b\x00"])
 @pytest.mark.parametrize("logged_in", [False, True], ids=["before-login", "after-login"])
 def test_ping_gets_pong(line, logged_in):
-    chat = room("Yudi")
-    if logged_in:
-        chat.login("me", "Naman")
-    else:
-        chat.open("me")
+    chat = me_beside_yudi(logged_in)
     chat.send("me", line)
     assert chat.outputs() == {"me": b"PONG\n"}
     assert chat.closed() == []
@@ -515,11 +521,7 @@ UNKNOWN_COMMANDS = {
 @pytest.mark.parametrize("line", list(UNKNOWN_COMMANDS.values()), ids=list(UNKNOWN_COMMANDS))
 @pytest.mark.parametrize("logged_in", [False, True], ids=["before-login", "after-login"])
 def test_unknown_command(line, logged_in):
-    chat = room("Yudi")
-    if logged_in:
-        chat.login("me", "Naman")
-    else:
-        chat.open("me")
+    chat = me_beside_yudi(logged_in)
     assert_error_only(chat, "me", line, "unknown-command")
 
 
@@ -558,11 +560,7 @@ def test_command_word_is_case_insensitive_after_login(line, to_yudi, to_naman):
 
 @pytest.mark.parametrize("logged_in", [False, True], ids=["before-login", "after-login"])
 def test_line_too_long_gets_one_error_and_the_connection_stays(logged_in):
-    chat = room("Yudi")
-    if logged_in:
-        chat.login("me", "Naman")
-    else:
-        chat.open("me")
+    chat = me_beside_yudi(logged_in)
     chat.event(LineTooLong("me"))
     assert chat.outputs() == {"me": err("line-too-long")}
     assert chat.closed() == []
@@ -592,11 +590,7 @@ INVALID_UTF8 = {
 @pytest.mark.parametrize("line", list(INVALID_UTF8.values()), ids=list(INVALID_UTF8))
 @pytest.mark.parametrize("logged_in", [False, True], ids=["before-login", "after-login"])
 def test_invalid_utf8_gets_that_error_and_nothing_else(line, logged_in):
-    chat = room("Yudi")
-    if logged_in:
-        chat.login("me", "Naman")
-    else:
-        chat.open("me")
+    chat = me_beside_yudi(logged_in)
     assert_error_only(chat, "me", line, "invalid-utf8")
     # Nothing changed: still open, still in the same state.
     chat.send("me", b"WHO")
@@ -612,11 +606,7 @@ def test_invalid_utf8_gets_that_error_and_nothing_else(line, logged_in):
 @pytest.mark.parametrize("line", [b"", b" ", b"\t", b" \t \t "], ids=["empty", "space", "tab", "mixed"])
 @pytest.mark.parametrize("logged_in", [False, True], ids=["before-login", "after-login"])
 def test_empty_or_whitespace_only_line_gets_no_reply(line, logged_in):
-    chat = room("Yudi")
-    if logged_in:
-        chat.login("me", "Naman")
-    else:
-        chat.open("me")
+    chat = me_beside_yudi(logged_in)
     chat.send("me", line)
     assert chat.outputs() == {}
     assert chat.closed() == []
@@ -889,11 +879,7 @@ def test_http_looking_line_after_login_is_just_an_unknown_command(line):
 )
 @pytest.mark.parametrize("logged_in", [False, True], ids=["before-login", "after-login"])
 def test_telnet_option_request_is_refused(command, option, answer, logged_in):
-    chat = room("Yudi")
-    if logged_in:
-        chat.login("me", "Naman")
-    else:
-        chat.open("me")
+    chat = me_beside_yudi(logged_in)
     chat.event(TelnetOptionRequested("me", command, option))
     assert chat.outputs() == {"me": answer}
     assert chat.closed() == []

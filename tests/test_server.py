@@ -10,7 +10,7 @@ import time
 import pytest
 
 import reactor.loop
-from netutil import Client, login, threaded_server
+from netutil import Client, login, seed_terminal_steps, threaded_server
 from protocol import ChatMachine, LineReceived
 
 
@@ -46,27 +46,7 @@ def test_the_seed_readme_example_session_byte_for_byte(server):
 
 
 def test_the_seed_readme_multi_terminal_steps(server):
-    alice = Client(server.port)
-    bob = Client(server.port)
-    alice.say("LOGIN alice")
-    alice.expect("OK")
-    bob.say("LOGIN bob")
-    bob.expect("OK")
-    alice.say("MSG Hello everyone!")
-    bob.expect("MSG alice Hello everyone!")
-    bob.say("MSG Hi alice!")
-    alice.expect("MSG bob Hi alice!")
-    bob.say("WHO")
-    bob.expect("USER alice", "USER bob")
-    alice.say("DM bob Private message")
-    bob.expect("DM alice Private message")
-    alice.say("PING")
-    alice.expect("PONG")
-    bob.say("EXIT")
-    bob.expect("Goodbye!")
-    alice.expect("INFO bob disconnected")
-    alice.say("QUIT")
-    alice.expect("Goodbye!")
+    seed_terminal_steps(server.port)
 
 
 # -- every command and error ---------------------------------------------------------
