@@ -37,11 +37,6 @@ ALLOWED_BEFORE_LOGIN = frozenset({Command.LOGIN, Command.PING, Command.QUIT})
 """The commands that work before a successful LOGIN; the others get ``ERR not-logged-in``."""
 
 
-def command_of(word: bytes):
-    """The ``Command`` a command word names, or ``None``."""
-    return COMMAND_WORDS.get(word.upper())
-
-
 # A request line (RFC 9112): method token, target, version.  HTTP/0.9's bare
 # "GET /path" and a known method followed by a URL count too.  Header names
 # are case-insensitive; methods and "HTTP/" are not.

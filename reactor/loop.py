@@ -169,10 +169,6 @@ class Reactor:
 
     # -- the interface -----------------------------------------------------
 
-    @property
-    def connection_count(self) -> int:
-        return len(self._connections)
-
     def request_shutdown(self) -> None:
         """Ask the loop to shut down; safe to call from a signal handler.
 
