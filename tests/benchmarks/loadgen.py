@@ -436,32 +436,21 @@ def verify_stream(proto, data: bytes, expect: dict, label: str, errors: list,
             f"{markers - len(found)} of {markers} deliveries are damaged or not deliveries"
             + first_bad_line(proto, data)
         )
-    if proto is Chat:
-        for user, sid, seq, _ts in found:
-            n = nxt.get(sid)
-            if n is None or user != sid:
-                problems.append(f"unexpected line from u{user.decode()} with sender id {sid.decode()}")
-                continue
-            if n >= len(seq_names) or seq != seq_names[n]:
-                problems.append(
-                    f"from sender {sid.decode()}: got #{seq.decode()} where #{n} was due"
-                )
-            nxt[sid] = n + 1
-            if len(problems) > 3:
-                break
-    else:
-        for sid, seq, _ts in found:
-            n = nxt.get(sid)
-            if n is None:
-                problems.append(f"unexpected message with sender id {sid.decode()}")
-                continue
-            if n >= len(seq_names) or seq != seq_names[n]:
-                problems.append(
-                    f"from sender {sid.decode()}: got #{seq.decode()} where #{n} was due"
-                )
-            nxt[sid] = n + 1
-            if len(problems) > 3:
-                break
+    for match in found:
+        if proto is Chat:  # (user, sender id, seq, ts): the user named must be the sender
+            user, sid, seq = match[:3]
+        else:  # (sender id, seq, ts)
+            sid, seq = match[:2]
+            user = sid
+        n = nxt.get(sid)
+        if n is None or user != sid:
+            problems.append(f"unexpected line from u{user.decode()} with sender id {sid.decode()}")
+            continue
+        if n >= len(seq_names) or seq != seq_names[n]:
+            problems.append(f"from sender {sid.decode()}: got #{seq.decode()} where #{n} was due")
+        nxt[sid] = n + 1
+        if len(problems) > 3:
+            break
     if not problems:
         for sid, want in expect.items():
             if nxt[sid] != want:
