@@ -507,6 +507,62 @@ def load_average() -> str:
         return "unknown"
 
 
+WAKEUP_SAMPLES = 1000
+WAKEUP_INTERVAL = 0.002
+
+
+def wakeup_floor(samples: int = WAKEUP_SAMPLES) -> str:
+    """The machine's own cross-process wake-up latency, no server involved.
+
+    A child process blocks in ``epoll`` on a socket pair; every
+    ``WAKEUP_INTERVAL`` s the parent writes its clock to it.  Each delivery
+    in the latency scenario needs at least two such wake-ups (the server's,
+    then the receiver's), so this is a floor under any server's tail on this
+    machine.  On a virtual machine an idle vCPU can take milliseconds to be
+    scheduled again.
+    """
+    parent, child = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the child: wait, stamp, report
+        code = 1
+        try:
+            parent.close()
+            poller = select.epoll()
+            poller.register(child.fileno(), select.EPOLLIN)
+            late = []
+            while len(late) < samples and poller.poll(5.0):
+                now = time.perf_counter_ns()
+                late.extend(now - int(stamp) for stamp in child.recv(4096).split())
+            late.sort()
+            child.sendall(json.dumps(late).encode() + b"\n")
+            code = 0
+        finally:
+            os._exit(code)
+    child.close()
+    try:
+        for _ in range(samples):
+            time.sleep(WAKEUP_INTERVAL)
+            parent.sendall(b"%d " % time.perf_counter_ns())
+        parent.settimeout(10.0)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = parent.recv(1 << 16)
+            if not chunk:
+                break
+            data += chunk
+        late = json.loads(data) if data.endswith(b"\n") else []
+    except (OSError, ValueError):
+        late = []
+    finally:
+        parent.close()
+        os.waitpid(pid, 0)
+    if not late:
+        return "not measured"
+    us = [late[min(len(late) - 1, int(q * len(late)))] / 1000 for q in (0.5, 0.99, 0.999)]
+    return (f"p50 {us[0]:.0f} us, p99 {us[1]:.0f} us, p99.9 {us[2]:.0f} us "
+            f"({len(late)} wake-ups of a process blocked in epoll, no server)")
+
+
 def meta(args, argv: list) -> dict:
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -517,6 +573,7 @@ def meta(args, argv: list) -> dict:
         "command": shlex.join([os.path.basename(sys.executable)] + argv),
         "load_average_before": load_average(),
         "ulimit_n": _nofile(),
+        "wakeup": wakeup_floor(),
     }
 
 
@@ -711,6 +768,7 @@ def main(argv: list | None = None) -> int:
         f"commit:   {info['commit']}",
         f"command:  {info['command']}",
         f"load avg: {info['load_average_before']} (before the run); ulimit -n {info['ulimit_n']}",
+        f"wake-up:  {info['wakeup']}",
         f"ours:     {shlex.join(['python'] + ChatServer(args.server_arg).command[1:])}",
     ]
     if not args.no_redis:

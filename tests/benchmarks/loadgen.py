@@ -798,6 +798,7 @@ def run_latency(proto, addr, args) -> dict:
         room.ep.unregister(peer.fd)
     bulk_done = set()
     next_sweep = 0
+    sweep_ns = int(args.sweep_ms * 1e6)
     poll = room.ep.poll
     by_fd = room.by_fd
     ts_re = proto.ts_re
@@ -833,7 +834,7 @@ def run_latency(proto, addr, args) -> dict:
                     waiting -= 1
                     if not waiting:
                         t_end = perf_ns()
-            next_sweep = perf_ns() + SWEEP_NS
+            next_sweep = perf_ns() + sweep_ns
         if j < total:
             timeout = max(0.0, (t0 + int(j * interval) - perf_ns()) / 1e9)
         else:
@@ -1094,6 +1095,8 @@ def build_parser() -> argparse.ArgumentParser:
     latency.add_argument("--duration", type=float, default=5.0, help="seconds of sending")
     latency.add_argument("--timed-every", type=int, default=1,
                          help="time the deliveries of every K-th receiver only; drain the rest in bulk")
+    latency.add_argument("--sweep-ms", type=float, default=SWEEP_NS / 1e6,
+                         help="how often the untimed receivers are drained, in ms")
     latency.add_argument("--timeout", type=float, default=30.0,
                          help="seconds to wait after the last send")
     conns = modes.add_parser("connections", help="login time, memory and idle CPU")

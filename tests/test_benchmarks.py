@@ -1,0 +1,121 @@
+"""The benchmark's load generator still works and still catches bad deliveries.
+
+The benchmark itself is not a test (its figures are never asserted); these
+tests keep its tools from rotting: every load-generator mode runs, tiny,
+against the real server, and the delivery checker rejects each kind of bad
+stream it exists to catch.  The load generator is Linux-only (epoll,
+/proc), as its README says.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from netutil import ROOT, server_process
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the benchmark's load generator uses epoll and /proc"
+)
+
+BENCHMARKS = ROOT / "tests" / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+import bench_server  # noqa: E402
+import loadgen  # noqa: E402
+
+
+def run_loadgen(port: int, pid: int, *mode_args: str) -> dict:
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "loadgen.py"), "--proto", "chat",
+         "--port", str(port), "--server-pid", str(pid), *mode_args],
+        capture_output=True,
+        timeout=60,
+    )
+    result = json.loads(completed.stdout)
+    assert completed.returncode == (0 if result["ok"] else 1), completed.stderr
+    return result
+
+
+@pytest.mark.parametrize(
+    "mode_args, expected",
+    [
+        (["fanout", "--clients", "20", "--senders", "3", "--messages", "50"],
+         {"checked_deliveries": 3 * 50 * 19}),
+        (["latency", "--clients", "20", "--senders", "2", "--rate", "50", "--duration", "0.4",
+          "--timed-every", "5"],
+         {"checked_deliveries": (20 - 1) * 2 * 20}),
+        (["connections", "--clients", "50", "--idle", "0.2"], {"clients": 50}),
+        (["ping", "--count", "200", "--warmup", "20"], {"count": 200}),
+    ],
+    ids=["fanout", "latency", "connections", "ping"],
+)
+def test_every_mode_runs_against_the_server_and_checks_its_deliveries(mode_args, expected):
+    with server_process("--rate", "0", "--idle-timeout", "0", "--max-output", "67108864") as server:
+        result = run_loadgen(server.port, server.process.pid, *mode_args)
+    assert result["ok"], result.get("error")
+    for key, value in expected.items():
+        assert result[key] == value, key
+
+
+def test_a_run_whose_deliveries_do_not_all_arrive_fails():
+    """With flood control on, the server paces the senders: the run must not pass as complete."""
+    with server_process("--rate", "1", "--burst", "5", "--idle-timeout", "0") as server:
+        result = run_loadgen(
+            server.port, server.process.pid,
+            "latency", "--clients", "5", "--senders", "2", "--rate", "100", "--duration", "0.2",
+            "--timeout", "1",
+        )
+    assert not result["ok"]
+    assert "timed out" in result["error"]
+
+
+# -- the delivery checker ------------------------------------------------------------
+
+
+def stream(*deliveries) -> bytes:
+    """Chat deliveries, each (sender id, seq) as the server would write them."""
+    return b"".join(b"MSG u%d " % sid + loadgen.payload(sid, seq) + b"\n" for sid, seq in deliveries)
+
+
+def check(data: bytes, expect: dict) -> tuple:
+    errors: list = []
+    found = loadgen.verify_stream(
+        loadgen.Chat, data, expect, "receiver", errors, [b"%d" % n for n in range(10)]
+    )
+    return found, errors
+
+
+def test_a_complete_stream_in_order_passes():
+    assert check(stream((1, 0), (2, 0), (1, 1), (2, 1)), {b"1": 2, b"2": 2}) == (4, [])
+
+
+@pytest.mark.parametrize(
+    "data, problem",
+    [
+        (stream((1, 0)), "got 1 messages from sender 1, expected 2"),
+        (stream((1, 0), (1, 1), (1, 1)), "got #1 where #2 was due"),
+        (stream((1, 1), (1, 0)), "got #1 where #0 was due"),
+        (stream((1, 0), (3, 0)), "unexpected line"),
+        (stream((1, 0), (1, 1)).replace(b"MSG u1 #1:1", b"MSG u2 #1:1"), "unexpected line"),
+        (stream((1, 0), (1, 1))[:-5] + b"\n", "damaged"),
+        (stream((1, 0), (1, 1)) + b"INFO u9 disconnected\n", "damaged"),
+    ],
+    ids=["lost", "duplicated", "reordered", "foreign sender", "wrong name", "truncated", "extra line"],
+)
+def test_the_checker_catches_a_bad_stream(data, problem):
+    _, errors = check(data, {b"1": 2})
+    assert errors and problem in errors[0], errors
+
+
+def test_nearest_rank_percentiles():
+    values = list(range(1, 101))
+    assert [loadgen.percentile(values, q) for q in (0.5, 0.99, 0.999, 1.0)] == [50, 99, 100, 100]
+    assert loadgen.percentile([], 0.5) is None
+
+
+def test_the_machine_wakeup_floor_is_measured():
+    line = bench_server.wakeup_floor(samples=20)
+    assert line.startswith("p50 ") and "(20 wake-ups" in line, line
