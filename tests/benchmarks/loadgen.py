@@ -644,8 +644,8 @@ def check_room(proto, room: Room, senders: int, messages: int) -> dict:
     return {"checked_deliveries": total, "errors": errors}
 
 
-def read_into(peer: Peer, marker: bytes) -> int:
-    """One read; returns the deliveries it completed (0 for a publisher's replies)."""
+def receive(peer: Peer) -> int:
+    """One ``recv_into`` the peer's buffer; the bytes it read (0: nothing yet)."""
     pos = peer.pos
     if pos >= len(peer.buf):
         raise Failure(
@@ -664,6 +664,13 @@ def read_into(peer: Peer, marker: bytes) -> int:
             f"{'deliveries' if peer.receiver else 'replies'}"
         )
     peer.pos = pos + n
+    return n
+
+
+def read_into(peer: Peer, marker: bytes) -> int:
+    """One read; returns the deliveries it completed (0 for a publisher's replies)."""
+    pos = peer.pos
+    n = receive(peer)
     if peer.receiver:
         n = peer.buf.count(marker, pos, pos + n)
         peer.got += n
@@ -868,25 +875,10 @@ def run_latency(proto, addr, args) -> dict:
                     if not waiting:
                         t_end = perf_ns()
                 continue
-            pos = peer.pos
-            if pos >= len(peer.buf):
-                raise Failure(
-                    f"receiver #{peer.index} received more bytes than expected ({pos}): "
-                    f"extra or duplicated deliveries"
-                )
-            try:
-                n = peer.sock.recv_into(peer.view[pos : pos + RECV_SIZE])
-            except (BlockingIOError, InterruptedError):
+            if not receive(peer):
                 continue
-            except OSError as error:
-                raise Failure(f"receiver #{peer.index}: {error}")
             now = perf_ns()
-            if not n:
-                raise Failure(
-                    f"receiver #{peer.index}: the server closed the connection "
-                    f"after {peer.got} deliveries"
-                )
-            end = peer.pos = pos + n
+            end = peer.pos
             # Only complete lines: a timestamp is read once its line has ended.
             if peer.buf[end - 1] == 10:  # the usual case: the read ends a line
                 cut = end
