@@ -412,6 +412,10 @@ class Reactor:
         elif conn.eof:
             self._peer_finished(conn)
             return
+        elif conn.mask == READ:
+            # All input handled, nothing queued (WRITE would be registered):
+            # READ is what _update_interest would choose.  The usual case.
+            return
         self._update_interest(conn)
 
     def _carry(self, conn: Connection) -> None:

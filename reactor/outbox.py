@@ -149,9 +149,13 @@ class Outbox:
                 deliver(conn, pieces, 0)
         if not runs:  # private lines only (a PING, a WHO): nothing to interleave
             for conn, conn_marks in marks.items():
-                private = conn_marks.private
-                pieces = [data for _, data, _ in private]
-                deliver(conn, pieces, sum(len(data) for _, data, foreign in private if not foreign))
+                pieces = []
+                reply_bytes = 0
+                for _, data, foreign in conn_marks.private:
+                    pieces.append(data)
+                    if not foreign:
+                        reply_bytes += len(data)
+                deliver(conn, pieces, reply_bytes)
             return
         for conn, conn_marks in marks.items():
             pieces, reply_bytes = _assemble(conn, conn_marks, log, runs)

@@ -310,7 +310,7 @@ class TimerWheel:
 
     def next_wakeup(self) -> float | None:
         """When ``advance`` may next have work, so the loop can sleep until then."""
-        if not len(self):
+        if not (self._slotted or self._overdue):  # len(self) without the call: every turn
             return None
         wake = self._overdue_min
         if self._slotted:
