@@ -130,6 +130,17 @@ class Connection:
             self.queued = len(data) - sent
             self._count_replies(reply_bytes)
 
+    def peer_failed(self) -> bool:
+        """Whether the socket holds an error no read has reported yet (a reset).
+
+        For a connection the loop is not reading (flood control paces it),
+        so its departure is not missed for as long as its backlog lasts.
+        """
+        try:
+            return bool(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+        except OSError:
+            return True
+
     def _count_replies(self, reply_bytes: int) -> None:
         """Record that the chunk just queued (ending the queue) holds ``reply_bytes`` replies."""
         if not reply_bytes:

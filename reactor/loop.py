@@ -440,7 +440,11 @@ class Reactor:
         self._wheel.schedule(conn.timer, bucket.next_token_at())
 
     def _tokens_refilled(self, conn: Connection, timer: Timer) -> None:
-        if not conn.closed and conn.queued <= self._max_output:
+        if conn.closed:
+            return
+        if conn.peer_failed():  # it reset while paused: its backlog is nobody's now
+            self._close_now(conn)
+        elif conn.queued <= self._max_output:
             self._pump(conn)
 
     def _peer_finished(self, conn: Connection) -> None:

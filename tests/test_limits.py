@@ -554,6 +554,29 @@ def test_a_flood_is_paced_by_the_token_bucket_not_refused():
     assert unpaced < 1.0, f"--rate 0 still paced: {count} PONGs in {unpaced:.3f} s"
 
 
+def test_a_paced_flooder_that_resets_is_gone_at_its_next_token():
+    """The loop does not read a connection flood control is pacing, so a reset
+    must be noticed another way.  Fails without the check in
+    ``Reactor._tokens_refilled`` (checked: all 100 lines, over 5 s, came first)."""
+    rate, count = 20, 100
+    with threaded_server(rate=rate, burst=1) as server:
+        watcher = login(server.port, "watcher")
+        flooder = login(server.port, "flooder")
+        flooder.send(b"MSG flood\n" * count)
+        assert watcher.line() == b"MSG flooder flood"  # read, and being paced
+        flooder.reset()
+        delivered = 1
+        line = watcher.line()
+        while line == b"MSG flooder flood" and delivered < count:
+            delivered += 1
+            line = watcher.line()
+        assert line == b"INFO flooder disconnected"
+        print(f"{delivered} of {count} paced lines delivered before the reset was noticed")
+        assert delivered <= 3
+        watcher.say("WHO")
+        assert watcher.line() == b"USER watcher"
+
+
 def test_while_one_client_floods_another_keeps_a_fast_round_trip():
     """The flooder is paced by the default token bucket; the prober does not notice.
 
