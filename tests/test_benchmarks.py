@@ -119,3 +119,12 @@ def test_nearest_rank_percentiles():
 def test_the_machine_wakeup_floor_is_measured():
     line = bench_server.wakeup_floor(samples=20)
     assert line.startswith("p50 ") and "(20 wake-ups" in line, line
+
+
+def test_the_ping_floor_server_answers_the_load_generator():
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "ping_floor.py"), "--count", "200", "--runs", "1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("ping floor (a bare selectors loop"), completed.stdout
