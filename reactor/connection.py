@@ -126,9 +126,13 @@ class Connection:
             raise PeerGone(error) from None
         self.written += sent
         if sent < len(data):
-            self.queue.append(memoryview(data)[sent:] if sent else data)
-            self.queued = len(data) - sent
-            self._count_replies(reply_bytes)
+            self.keep_unsent(data, sent, reply_bytes)
+
+    def keep_unsent(self, data: bytes, sent: int, reply_bytes: int) -> None:
+        """Queue what the kernel did not take of ``data`` (sent on an empty queue)."""
+        self.queue.append(memoryview(data)[sent:] if sent else data)
+        self.queued = len(data) - sent
+        self._count_replies(reply_bytes)
 
     def peer_failed(self) -> bool:
         """Whether the socket holds an error no read has reported yet (a reset).

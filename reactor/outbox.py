@@ -28,8 +28,12 @@ or was sent privately, never to the size of the room.
 Positions make the order exact: a private line filed when the log holds
 ``p`` lines goes out after log line ``p - 1`` and before log line ``p``.
 
-The outbox knows nothing of sockets.  ``drain`` calls ``deliver(conn,
-pieces, reply_bytes)`` once per connection, where ``pieces`` is a list of
+The outbox knows nothing of sockets.  When the turn's broadcasts form a
+single run (the usual case) ``drain`` makes one ``share_run(audience,
+payload, skip)`` call for all its ordinary members, so the caller can hand
+out the bytes in a loop of its own, without a function call per recipient.
+For everyone else it calls ``deliver(conn, pieces, reply_bytes)`` once per
+connection, where ``pieces`` is a list of
 ``bytes`` to send in order and ``reply_bytes`` how many of those bytes are
 replies to the connection's own input.  The rest came from other users (MSG,
 DM, INFO), and only that part can make a client a slow consumer
@@ -40,11 +44,11 @@ so that output waits for the next ``drain``.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Callable, Container, Dict, Hashable, List, Optional, Sequence, Tuple
 
 Conn = Hashable
 Deliver = Callable[[Conn, List[bytes], int], None]
-Share = Callable[[Conn, bytes], None]
+ShareRun = Callable[[Sequence[Conn], bytes, Container[Conn]], None]
 
 
 class _Run:
@@ -113,15 +117,18 @@ class Outbox:
             marks = self._marks[conn] = _Marks()
         return marks
 
-    def drain(self, deliver: Deliver, share: Optional[Share] = None) -> None:
+    def drain(self, deliver: Deliver, share_run: Optional[ShareRun] = None) -> None:
         """Hand every connection its output for the turn, then start empty.
 
-        ``share(conn, payload)``, if given, takes the hot path: an ordinary
-        member of a turn's only run, handed the run's shared bytes (the same
-        as ``deliver(conn, [payload], 0)``, without building a list).
+        ``share_run(audience, payload, skip)``, if given, takes the hot path
+        in one call: when the turn's broadcasts form one run, every member of
+        ``audience`` not in ``skip`` gets ``payload`` (each exactly as
+        ``deliver(conn, [payload], 0)`` would).  The members in ``skip`` are
+        handed their own bytes by ``deliver`` afterwards.  One call per run,
+        not per recipient: the caller's loop does the per-recipient work.
         """
-        if share is None:
-            share = lambda conn, payload: deliver(conn, [payload], 0)  # noqa: E731
+        if share_run is None:
+            share_run = _share_one_by_one(deliver)
         log, runs, marks = self._log, self._runs, self._marks
         self._log, self._runs, self._marks = [], [], {}
         for run in runs:
@@ -129,11 +136,7 @@ class Outbox:
                 log[run.start : run.end]
             )
         if len(runs) == 1:
-            run = runs[0]
-            payload = run.payload
-            for conn in run.audience:
-                if conn not in marks:
-                    share(conn, payload)
+            share_run(runs[0].audience, runs[0].payload, marks)
         elif runs:
             pending: Dict[Conn, List[bytes]] = {}
             for run in runs:
@@ -161,6 +164,17 @@ class Outbox:
             pieces, reply_bytes = _assemble(conn, conn_marks, log, runs)
             if pieces:
                 deliver(conn, pieces, reply_bytes)
+
+
+def _share_one_by_one(deliver: Deliver) -> ShareRun:
+    """``share_run`` made of ``deliver`` calls, for callers without a loop of their own."""
+
+    def share_run(audience: Sequence[Conn], payload: bytes, skip: Container[Conn]) -> None:
+        for conn in audience:
+            if conn not in skip:
+                deliver(conn, [payload], 0)
+
+    return share_run
 
 
 def _assemble(conn: Conn, marks: _Marks, log: List[bytes], runs: List[_Run]):

@@ -128,3 +128,13 @@ def test_the_ping_floor_server_answers_the_load_generator():
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.startswith("ping floor (a bare selectors loop"), completed.stdout
+
+
+def test_the_share_benchmark_runs_a_real_reactor():
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_share.py"), "--users", "5", "--rounds", "20",
+         "--trials", "1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "Reactor._share_run" in completed.stdout and "stub sockets" in completed.stdout
