@@ -116,7 +116,8 @@ class Connection:
     def send_now(self, data: bytes, reply_bytes: int) -> None:
         """Send ``data`` on an empty queue; what the kernel does not take is queued.
 
-        Raises ``PeerGone`` if the connection is broken.
+        Raises ``PeerGone`` if the connection is broken.  ``Reactor._share_run``
+        has this written out in its loop: change one, change both.
         """
         try:
             sent = self.sock.send(data)
@@ -139,6 +140,8 @@ class Connection:
 
         For a connection the loop is not reading (flood control paces it),
         so its departure is not missed for as long as its backlog lasts.
+        Linux and the BSDs (macOS) record an incoming reset there; Windows
+        may not, and such a connection then ends once its backlog is handled.
         """
         try:
             return bool(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))

@@ -537,9 +537,11 @@ class Reactor:
         """The hot path: a run's bytes, the same object, to every ordinary member.
 
         One loop here instead of a call per recipient: a member with an
-        empty queue costs one ``send`` and a few attribute tests.  Anything
-        unusual (output already waiting, a full kernel buffer, a closing or
-        failed socket) goes the general way, through ``_deliver``.
+        empty queue costs one ``send`` and a few attribute tests.  A member
+        with output already waiting, or closed, or lingering goes the general
+        way, through ``_deliver``; a send the kernel cuts short is queued
+        here.  The send itself is ``Connection.send_now`` written out, to
+        save a call per recipient: change one, change both.
         """
         size = len(payload)
         for conn in audience:

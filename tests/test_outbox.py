@@ -106,8 +106,7 @@ def operations(draw):
     return ops
 
 
-@given(operations())
-def test_drain_equals_the_naive_rendering(ops):
+def filed(ops) -> Outbox:
     outbox = Outbox()
     for op in ops:
         if op[0] == "reply":
@@ -116,5 +115,30 @@ def test_drain_equals_the_naive_rendering(ops):
             outbox.deliver(op[1], op[2])
         else:
             outbox.broadcast(op[1], op[2], op[3])
-    got = {conn: value for conn, value in by_conn(drained(outbox)).items() if value[0]}
+    return outbox
+
+
+@given(operations())
+def test_drain_equals_the_naive_rendering(ops):
+    got = {conn: value for conn, value in by_conn(drained(filed(ops))).items() if value[0]}
     assert got == {conn: value for conn, value in naive(ops).items() if value[0]}
+
+
+@given(operations())
+def test_a_share_run_caller_hands_out_exactly_the_naive_rendering(ops):
+    """The reactor's hot path: one ``share_run`` call for a single run, ``deliver`` for the rest."""
+    calls = []
+    runs = []
+
+    def share_run(audience, payload, skip):
+        runs.append(payload)
+        for conn in audience:
+            if conn not in skip:
+                calls.append((conn, [payload], 0))
+
+    filed(ops).drain(lambda conn, pieces, replies: calls.append((conn, list(pieces), replies)), share_run)
+    got = {conn: value for conn, value in by_conn(calls).items() if value[0]}
+    assert got == {conn: value for conn, value in naive(ops).items() if value[0]}
+    audiences = [op[2] for op in ops if op[0] == "broadcast"]
+    run_count = sum(1 for i, audience in enumerate(audiences) if i == 0 or audience is not audiences[i - 1])
+    assert len(runs) == (1 if run_count == 1 else 0)  # the hot path is taken exactly for one run

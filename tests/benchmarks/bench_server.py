@@ -530,9 +530,11 @@ def wakeup_floor(samples: int = WAKEUP_SAMPLES) -> str:
             poller = select.epoll()
             poller.register(child.fileno(), select.EPOLLIN)
             late = []
+            partial = b""  # a stamp cut in two by a read
             while len(late) < samples and poller.poll(5.0):
                 now = time.perf_counter_ns()
-                late.extend(now - int(stamp) for stamp in child.recv(4096).split())
+                *stamps, partial = (partial + child.recv(4096)).split(b" ")
+                late.extend(now - int(stamp) for stamp in stamps)
             late.sort()
             child.sendall(json.dumps(late).encode() + b"\n")
             code = 0

@@ -55,12 +55,16 @@ def python_alone(listener: socket.socket, users: int, rounds: int, trials: int) 
         audience.append(conn)
     audience = tuple(audience)
     best = float("inf")
-    for _ in range(trials):
-        started = time.perf_counter()
-        for _ in range(rounds):
-            reactor._outbox.broadcast(LINE, audience, None)
-            reactor._flush()
-        best = min(best, (time.perf_counter() - started) / (rounds * users))
+    try:
+        for _ in range(trials):
+            started = time.perf_counter()
+            for _ in range(rounds):
+                reactor._outbox.broadcast(LINE, audience, None)
+                reactor._flush()
+            best = min(best, (time.perf_counter() - started) / (rounds * users))
+    finally:
+        reactor._connections.clear()  # stubs: nothing to close
+        reactor.close()
     return best
 
 
@@ -129,17 +133,37 @@ def main() -> int:
                 for sock in socks:
                     sock.send(LINE)
 
+        def catch_up() -> int:
+            """Let the loop send what a full kernel buffer held back; how many were behind."""
+            behind = sum(1 for conn in audience if conn.queue)
+            deadline = time.monotonic() + 30
+            while any(conn.queue for conn in audience) and time.monotonic() < deadline:
+                reactor.run_once()
+            return behind
+
         best = {"reactor": float("inf"), "bare": float("inf")}
         for _ in range(args.trials):
             for name, run in (("reactor", reactor_flush), ("bare", bare_loop)):
                 started = time.process_time()
-                run()
+                try:
+                    run()
+                except BlockingIOError:  # only the bare loop has no queue to fall back on
+                    print("the receiving process fell behind: a kernel buffer filled; "
+                          "try fewer --rounds", file=sys.stderr)
+                    return 1
                 per_recipient = (time.process_time() - started) / (args.rounds * args.users)
+                if catch_up():
+                    # Queued sends make no system call: this trial would look too cheap.
+                    continue
                 best[name] = min(best[name], per_recipient)
+        if best["reactor"] == float("inf"):
+            print("the receiving process fell behind in every trial; try fewer --rounds", file=sys.stderr)
+            return 1
     finally:
         reactor.close()
         os.waitpid(child, 0)
-    stub = python_alone(socket.create_server(("127.0.0.1", 0)), args.users, args.rounds, args.trials)
+    with socket.create_server(("127.0.0.1", 0)) as unused_listener:
+        stub = python_alone(unused_listener, args.users, args.rounds, args.trials)
     print(f"{args.users} recipients, {args.rounds} one-message turns, best of {args.trials}:")
     print(f"  reactor flush (outbox + Reactor._share_run): {best['reactor'] * 1e6:.2f} us CPU per recipient")
     print(f"  bare sock.send loop:                          {best['bare'] * 1e6:.2f} us CPU per recipient")

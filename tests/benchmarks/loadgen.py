@@ -797,7 +797,7 @@ def run_latency(proto, addr, args) -> dict:
     # Timing every delivery costs the generator one read per delivery (198,000
     # a second at 200 msg/s), which one Python process cannot keep up with.
     # With --timed-every K only every K-th receiver is read as each line
-    # arrives and timed; the others are drained in bulk every SWEEP_NS and
+    # arrives and timed; the others are drained in bulk every --sweep-ms and
     # only counted (their streams are still checked in full afterwards).
     untimed = {p for p in receivers if p.index % args.timed_every}
     bulk = [p for p in receivers if p in untimed and p not in sending]  # senders keep their events
@@ -1075,6 +1075,13 @@ MODES = {
 }
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Load generator for bench_server.py (JSON result on stdout).",
@@ -1100,7 +1107,7 @@ def build_parser() -> argparse.ArgumentParser:
     latency.add_argument("--duration", type=float, default=5.0, help="seconds of sending")
     latency.add_argument("--timed-every", type=int, default=1,
                          help="time the deliveries of every K-th receiver only; drain the rest in bulk")
-    latency.add_argument("--sweep-ms", type=float, default=SWEEP_NS / 1e6,
+    latency.add_argument("--sweep-ms", type=_positive, default=SWEEP_NS / 1e6,
                          help="how often the untimed receivers are drained, in ms")
     latency.add_argument("--timeout", type=float, default=30.0,
                          help="seconds to wait after the last send")
