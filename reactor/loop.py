@@ -127,7 +127,10 @@ class Reactor:
     ``clock`` is the monotonic clock (tests pass a fake one); ``wakeup`` is
     the read end of a socket pair whose write end is the signal wakeup fd, so
     a signal interrupts ``select`` at once; ``after_turn`` runs at the end of
-    every turn, before the loop sleeps (the daemon writes its log lines then).
+    every turn, before the loop sleeps (the daemon writes its log lines then);
+    ``selector`` is the readiness API, the platform's best by default (tests
+    pass each kind the platform has, so Windows's ``select`` is checked on
+    Linux too).
     """
 
     def __init__(
@@ -138,12 +141,13 @@ class Reactor:
         clock: Callable[[], float] = time.monotonic,
         wakeup: Optional[socket.socket] = None,
         after_turn: Optional[Callable[[], None]] = None,
+        selector: Optional[selectors.BaseSelector] = None,
     ) -> None:
         self._config = config
         self._clock = clock
         self._now = clock()
         self._machine = ChatMachine(max_clients=config.max_clients)
-        self._selector = selectors.DefaultSelector()
+        self._selector = selector if selector is not None else selectors.DefaultSelector()
         self._wheel = TimerWheel(self._now, tick=TICK)
         self._outbox = Outbox()
         self._listener: Optional[socket.socket] = listener

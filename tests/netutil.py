@@ -113,6 +113,30 @@ class Client(LineSource):
         self.sock.close()
 
 
+class SmallBufferClient(Client):
+    """A ``Client`` whose kernel buffers are set before connecting.
+
+    SO_RCVBUF must be set before ``connect`` to shrink the TCP window the
+    client advertises; a client that "really does not read" then stops the
+    server's bytes after a few KiB instead of after megabytes.
+    """
+
+    def __init__(
+        self, port: int, *, rcvbuf: Optional[int] = None, sndbuf: Optional[int] = None,
+        timeout: float = TIMEOUT,
+    ) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if sndbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        sock.settimeout(timeout)
+        sock.connect(("127.0.0.1", port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self._buffer = b""
+
+
 def login(port: int, name: str) -> Client:
     client = Client(port)
     client.say(f"LOGIN {name}")
@@ -163,14 +187,14 @@ class ThreadedServer:
     survives in production by closing only the connection concerned.
     """
 
-    def __init__(self, **settings) -> None:
+    def __init__(self, selector=None, **settings) -> None:
         self._errors = _ErrorRecords()
         logging.getLogger("chat").addHandler(self._errors)
         self.config = dataclasses.replace(Config(host="127.0.0.1", port=0), **settings)
         listener = socket.create_server(("127.0.0.1", 0))
         self.port = listener.getsockname()[1]
         self._wake_read, self._wake_write = socket.socketpair()
-        self.reactor = Reactor(listener, self.config, wakeup=self._wake_read)
+        self.reactor = Reactor(listener, self.config, wakeup=self._wake_read, selector=selector)
         self._error: List[BaseException] = []
         self._thread = threading.Thread(target=self._run, name="reactor", daemon=True)
         self._thread.start()
@@ -202,8 +226,8 @@ class ThreadedServer:
 
 
 @contextlib.contextmanager
-def threaded_server(**settings) -> Iterator[ThreadedServer]:
-    server = ThreadedServer(**settings)
+def threaded_server(selector=None, **settings) -> Iterator[ThreadedServer]:
+    server = ThreadedServer(selector, **settings)
     try:
         yield server
     finally:

@@ -40,7 +40,7 @@ if not sys.platform.startswith("linux"):
 import resource  # noqa: E402  (POSIX only, hence after the skip)
 
 import reactor.loop  # noqa: E402
-from netutil import TIMEOUT, Client, ServerProcess, login, server_process, threaded_server  # noqa: E402
+from netutil import TIMEOUT, Client, ServerProcess, SmallBufferClient, login, server_process, threaded_server  # noqa: E402
 from protocol import ChatMachine, LineFramer, LineReceived  # noqa: E402
 from reactor.limits import RESERVE  # noqa: E402
 from reactor.loop import ACCEPT_RETRY, TICK, Reactor  # noqa: E402
@@ -61,30 +61,6 @@ whole burst in one turn makes a PING wait about 500 ms."""
 
 
 # -- tools ------------------------------------------------------------------------------
-
-
-class SmallBufferClient(Client):
-    """A ``Client`` whose kernel buffers are set before connecting.
-
-    SO_RCVBUF must be set before ``connect`` to shrink the TCP window the
-    client advertises; a client that "really does not read" then stops the
-    server's bytes after a few KiB instead of after megabytes.
-    """
-
-    def __init__(
-        self, port: int, *, rcvbuf: Optional[int] = None, sndbuf: Optional[int] = None,
-        timeout: float = TIMEOUT,
-    ) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        if sndbuf is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-        sock.settimeout(timeout)
-        sock.connect(("127.0.0.1", port))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock = sock
-        self._buffer = b""
 
 
 def close_all(*clients: Client) -> None:
