@@ -24,8 +24,9 @@ such caller; a fuzzer, a test or a different event loop can be another::
     assert output_by_connection(effects) == {"alice": b"OK\\nPONG\\n"}
 
 This package imports only side-effect-free standard modules (``re``,
-``unicodedata``, ``dataclasses``, ``enum``, ``typing``) and its own modules;
-a test checks that.  docs/protocol.md describes the wire protocol and how to
+``unicodedata``, ``dataclasses``, ``enum``, ``typing``, ``collections.abc``)
+and its own modules; a test checks that, and ``mypy --strict`` checks its
+types.  docs/protocol.md describes the wire protocol and how to
 use the library.
 """
 

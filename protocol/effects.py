@@ -29,8 +29,8 @@ reason says otherwise.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, Optional, Tuple, Union
 
 from .events import ConnId
 
@@ -75,8 +75,8 @@ class Broadcast:
     """Send ``data`` to every connection in ``audience`` except ``exclude``."""
 
     data: bytes
-    audience: Tuple[ConnId, ...]
-    exclude: Optional[ConnId] = None
+    audience: tuple[ConnId, ...]
+    exclude: ConnId | None = None
 
     def recipients(self) -> Iterator[ConnId]:
         """The connections that receive ``data``, in login order."""
@@ -92,17 +92,17 @@ class Close:
     reason: CloseReason
 
 
-Effect = Union[Reply, Deliver, Broadcast, Close]
+Effect = Reply | Deliver | Broadcast | Close
 
 
-def output_by_connection(effects: Iterable[Effect]) -> Dict[ConnId, bytes]:
+def output_by_connection(effects: Iterable[Effect]) -> dict[ConnId, bytes]:
     """The bytes each connection receives from ``effects``, in order.
 
     A reference rendering for tests, replays and fuzzers: it expands every
     broadcast recipient by recipient, which is exactly the per-recipient work
     the reactor avoids on its hot path.
     """
-    chunks: Dict[ConnId, list] = {}
+    chunks: dict[ConnId, list[bytes]] = {}
     for effect in effects:
         if isinstance(effect, (Reply, Deliver)):
             chunks.setdefault(effect.conn, []).append(effect.data)

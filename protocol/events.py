@@ -22,14 +22,14 @@ Who produces what:
 
 Contract for callers: open a connection before anything else happens on it,
 and report its end exactly once (with ``ConnectionClosed`` or within one
-``ConnectionsClosed``), even when the machine itself asked for the close.  Breaking that contract is a programming
-error and raises ``ProtocolUsageError``; nothing a *client* sends can.
+``ConnectionsClosed``), even when the machine itself asked for the close.
+Breaking that contract is a programming error and raises ``ProtocolUsageError``; nothing a *client* sends can.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Hashable, Tuple, Union
 
 ConnId = Hashable
 
@@ -96,7 +96,7 @@ class ConnectionsClosed:
     not N * N / 2 lines, most of them to sockets that are already gone.
     """
 
-    conns: Tuple[ConnId, ...]
+    conns: tuple[ConnId, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,13 +104,13 @@ class ShutdownStarted:
     """The server is stopping; every open connection is about to be closed."""
 
 
-Event = Union[
-    ConnectionOpened,
-    LineReceived,
-    LineTooLong,
-    TelnetOptionRequested,
-    IdleTimedOut,
-    ConnectionClosed,
-    ConnectionsClosed,
-    ShutdownStarted,
-]
+Event = (
+    ConnectionOpened
+    | LineReceived
+    | LineTooLong
+    | TelnetOptionRequested
+    | IdleTimedOut
+    | ConnectionClosed
+    | ConnectionsClosed
+    | ShutdownStarted
+)

@@ -48,9 +48,9 @@ Nothing a client sends can make it raise.
 
 from __future__ import annotations
 
-from typing import List, NamedTuple
+from typing import NamedTuple
 
-from .events import ConnId, LineReceived, LineTooLong, TelnetOptionRequested
+from .events import ConnId, Event, LineReceived, LineTooLong, TelnetOptionRequested
 
 DEFAULT_MAX_LINE = 4096
 
@@ -78,7 +78,7 @@ _SUBNEGOTIATION_IAC = 4  # after IAC inside a subnegotiation
 class Taken(NamedTuple):
     """What one ``take`` produced and what it cost."""
 
-    events: List[object]
+    events: list[Event]
     tokens: int
     """Flood-control tokens spent."""
     lines: int
@@ -126,7 +126,7 @@ class LineFramer:
         self._telnet = _DATA
         self._telnet_verb = 0
         self._ended = False
-        self._events: List[object] = []
+        self._events: list[Event] = []
         self._tokens = 0
         self._work = 0
         self._lines = 0

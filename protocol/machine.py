@@ -48,7 +48,7 @@ one dict lookup each.
 from __future__ import annotations
 
 import enum
-from typing import Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable, Sequence
 
 from . import wire
 from .commands import ALLOWED_BEFORE_LOGIN, COMMAND_WORDS, Command, looks_like_http
@@ -58,6 +58,7 @@ from .events import (
     ConnectionOpened,
     ConnectionsClosed,
     ConnId,
+    Event,
     IdleTimedOut,
     LineReceived,
     LineTooLong,
@@ -128,7 +129,7 @@ class _Session:
 
     def __init__(self, state: ConnState, admitted: bool) -> None:
         self.state = state
-        self.member: Optional[_Member] = None
+        self.member: _Member | None = None
         # Whether it holds one of the max_clients places (refused ones do not).
         self.admitted = admitted
 
@@ -140,18 +141,18 @@ class ChatMachine:
     bound); the one after the last place gets ``ERR server-full``.
     """
 
-    def __init__(self, *, max_clients: Optional[int] = None) -> None:
+    def __init__(self, *, max_clients: int | None = None) -> None:
         if max_clients is not None and max_clients < 1:
             raise ValueError("max_clients must be at least 1")
         self._max_clients = max_clients
-        self._sessions: Dict[ConnId, _Session] = {}
-        self._members: Dict[ConnId, _Member] = {}  # in login order
-        self._conn_by_key: Dict[str, ConnId] = {}
+        self._sessions: dict[ConnId, _Session] = {}
+        self._members: dict[ConnId, _Member] = {}  # in login order
+        self._conn_by_key: dict[str, ConnId] = {}
         self._admitted = 0
         self._shutting_down = False
-        self._audience: Optional[Tuple[ConnId, ...]] = None
-        self._who_reply: Optional[bytes] = None
-        self._event_handlers: Dict[type, Callable[..., List[Effect]]] = {
+        self._audience: tuple[ConnId, ...] | None = None
+        self._who_reply: bytes | None = None
+        self._event_handlers: dict[type, Callable[..., list[Effect]]] = {
             ConnectionOpened: self._connection_opened,
             LineReceived: self._line_received,
             LineTooLong: self._line_too_long,
@@ -161,7 +162,7 @@ class ChatMachine:
             ConnectionsClosed: self._connections_closed,
             ShutdownStarted: self._shutdown_started,
         }
-        self._command_handlers: Dict[Command, Callable[..., List[Effect]]] = {
+        self._command_handlers: dict[Command, Callable[..., list[Effect]]] = {
             Command.LOGIN: self._login,
             Command.MSG: self._msg,
             Command.WHO: self._who,
@@ -175,7 +176,7 @@ class ChatMachine:
 
     # -- the interface -----------------------------------------------------
 
-    def handle(self, event) -> List[Effect]:
+    def handle(self, event: Event) -> list[Effect]:
         """The effects of ``event``, in the order they must happen."""
         try:
             handler = self._event_handlers[type(event)]
@@ -183,12 +184,12 @@ class ChatMachine:
             raise ProtocolUsageError(f"not a protocol event: {event!r}") from None
         return handler(event)
 
-    def state_of(self, conn: ConnId) -> Optional[ConnState]:
+    def state_of(self, conn: ConnId) -> ConnState | None:
         """The state of ``conn``, or ``None`` if it is not open."""
         session = self._sessions.get(conn)
         return None if session is None else session.state
 
-    def usernames(self) -> List[str]:
+    def usernames(self) -> list[str]:
         """The logged-in users' names, in login order (what WHO lists)."""
         return [member.name.display for member in self._members.values()]
 
@@ -198,7 +199,7 @@ class ChatMachine:
 
     # -- events ------------------------------------------------------------
 
-    def _connection_opened(self, event: ConnectionOpened) -> List[Effect]:
+    def _connection_opened(self, event: ConnectionOpened) -> list[Effect]:
         conn = event.conn
         if conn in self._sessions:
             raise ProtocolUsageError(f"connection {conn!r} is already open")
@@ -210,11 +211,11 @@ class ChatMachine:
         self._admitted += 1
         return []
 
-    def _refuse(self, conn: ConnId, line: bytes, reason: CloseReason) -> List[Effect]:
+    def _refuse(self, conn: ConnId, line: bytes, reason: CloseReason) -> list[Effect]:
         self._sessions[conn] = _Session(CLOSING, admitted=False)
         return [Reply(conn, line), Close(conn, reason)]
 
-    def _line_received(self, event: LineReceived) -> List[Effect]:
+    def _line_received(self, event: LineReceived) -> list[Effect]:
         conn = event.conn
         session = self._session(conn)
         state = session.state
@@ -237,33 +238,33 @@ class ChatMachine:
             return [Reply(conn, _ERR_NOT_LOGGED_IN)]
         return handler(conn, session, rest)
 
-    def _line_too_long(self, event: LineTooLong) -> List[Effect]:
+    def _line_too_long(self, event: LineTooLong) -> list[Effect]:
         if self._session(event.conn).state is CLOSING:
             return []
         return [Reply(event.conn, _ERR_LINE_TOO_LONG)]
 
-    def _telnet_option_requested(self, event: TelnetOptionRequested) -> List[Effect]:
+    def _telnet_option_requested(self, event: TelnetOptionRequested) -> list[Effect]:
         if self._session(event.conn).state is CLOSING:
             return []
         return [Reply(event.conn, wire.telnet_refusal(event.command, event.option))]
 
-    def _idle_timed_out(self, event: IdleTimedOut) -> List[Effect]:
+    def _idle_timed_out(self, event: IdleTimedOut) -> list[Effect]:
         conn = event.conn
         session = self._session(conn)
         if session.state is CLOSING:
             return []
-        effects: List[Effect] = [Reply(conn, _ERR_IDLE_TIMEOUT)]
+        effects: list[Effect] = [Reply(conn, _ERR_IDLE_TIMEOUT)]
         effects += self._leave(conn, session)
         effects.append(Close(conn, CloseReason.IDLE_TIMEOUT))
         return effects
 
-    def _connection_closed(self, event: ConnectionClosed) -> List[Effect]:
+    def _connection_closed(self, event: ConnectionClosed) -> list[Effect]:
         return self._forget([event.conn])
 
-    def _connections_closed(self, event: ConnectionsClosed) -> List[Effect]:
+    def _connections_closed(self, event: ConnectionsClosed) -> list[Effect]:
         return self._forget(event.conns)
 
-    def _forget(self, conns) -> List[Effect]:
+    def _forget(self, conns: Sequence[ConnId]) -> list[Effect]:
         """Drop connections that ended together; tell the users who remain about each."""
         for conn in conns:
             self._session(conn)  # every one must be open: check before changing anything
@@ -279,10 +280,10 @@ class ChatMachine:
                 leavers.append(member)
         return self._announce_departures(leavers)
 
-    def _shutdown_started(self, event: ShutdownStarted) -> List[Effect]:
+    def _shutdown_started(self, event: ShutdownStarted) -> list[Effect]:
         """Everyone is told and closed; nobody is told about anybody else leaving."""
         self._shutting_down = True
-        effects: List[Effect] = []
+        effects: list[Effect] = []
         for conn, session in self._sessions.items():
             if session.state is not CLOSING:
                 session.state = CLOSING
@@ -298,7 +299,7 @@ class ChatMachine:
     # Each takes the connection, its session and the bytes after the command
     # word (valid UTF-8, trimmed), and returns the effects.
 
-    def _login(self, conn: ConnId, session: _Session, rest: bytes) -> List[Effect]:
+    def _login(self, conn: ConnId, session: _Session, rest: bytes) -> list[Effect]:
         if session.state is LOGGED_IN:
             return [Reply(conn, _ERR_ALREADY_LOGGED_IN)]
         if not rest:
@@ -316,14 +317,14 @@ class ChatMachine:
         self._membership_changed()
         return [Reply(conn, _OK)]
 
-    def _msg(self, conn: ConnId, session: _Session, rest: bytes) -> List[Effect]:
+    def _msg(self, conn: ConnId, session: _Session, rest: bytes) -> list[Effect]:
         text = clean_text(rest)
         if not text:
             return [Reply(conn, _ERR_MISSING_TEXT)]
-        line = session.member.msg_prefix + text + b"\n"
+        line = self._members[conn].msg_prefix + text + b"\n"
         return [Broadcast(line, self._current_audience(), conn)]
 
-    def _who(self, conn: ConnId, session: _Session, rest: bytes) -> List[Effect]:
+    def _who(self, conn: ConnId, session: _Session, rest: bytes) -> list[Effect]:
         reply = self._who_reply
         if reply is None:
             reply = self._who_reply = b"".join(
@@ -331,7 +332,7 @@ class ChatMachine:
             )
         return [Reply(conn, reply)]
 
-    def _dm(self, conn: ConnId, session: _Session, rest: bytes) -> List[Effect]:
+    def _dm(self, conn: ConnId, session: _Session, rest: bytes) -> list[Effect]:
         target_name, text = split_word(rest)
         text = clean_text(text)
         if not target_name or not text:
@@ -339,13 +340,13 @@ class ChatMachine:
         target = self._conn_by_key.get(name_key(target_name))
         if target is None:
             return [Reply(conn, _ERR_USER_NOT_FOUND)]
-        return [Deliver(target, session.member.dm_prefix + text + b"\n")]
+        return [Deliver(target, self._members[conn].dm_prefix + text + b"\n")]
 
-    def _ping(self, conn: ConnId, session: _Session, rest: bytes) -> List[Effect]:
+    def _ping(self, conn: ConnId, session: _Session, rest: bytes) -> list[Effect]:
         return [Reply(conn, _PONG)]
 
-    def _quit(self, conn: ConnId, session: _Session, rest: bytes) -> List[Effect]:
-        effects: List[Effect] = [Reply(conn, _GOODBYE)]
+    def _quit(self, conn: ConnId, session: _Session, rest: bytes) -> list[Effect]:
+        effects: list[Effect] = [Reply(conn, _GOODBYE)]
         effects += self._leave(conn, session)
         effects.append(Close(conn, CloseReason.QUIT))
         return effects
@@ -358,12 +359,12 @@ class ChatMachine:
         except KeyError:
             raise ProtocolUsageError(f"connection {conn!r} is not open") from None
 
-    def _leave(self, conn: ConnId, session: _Session) -> List[Effect]:
+    def _leave(self, conn: ConnId, session: _Session) -> list[Effect]:
         """Mark ``conn`` CLOSING; if it was logged in, tell the others it left."""
         member = self._remove_member(conn, session)
         return self._announce_departures([] if member is None else [member])
 
-    def _remove_member(self, conn: ConnId, session: _Session) -> Optional[_Member]:
+    def _remove_member(self, conn: ConnId, session: _Session) -> _Member | None:
         """Mark ``conn`` CLOSING and log it out; the member it was, if any."""
         member = session.member
         session.state = CLOSING
@@ -374,7 +375,7 @@ class ChatMachine:
             self._membership_changed()
         return member
 
-    def _announce_departures(self, leavers: List[_Member]) -> List[Effect]:
+    def _announce_departures(self, leavers: list[_Member]) -> list[Effect]:
         """One INFO per leaver to every remaining user, all sharing one audience."""
         if not leavers or not self._members:
             return []
@@ -385,7 +386,7 @@ class ChatMachine:
         self._audience = None
         self._who_reply = None
 
-    def _current_audience(self) -> Tuple[ConnId, ...]:
+    def _current_audience(self) -> tuple[ConnId, ...]:
         audience = self._audience
         if audience is None:
             audience = self._audience = tuple(self._members)

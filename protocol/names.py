@@ -20,7 +20,6 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Optional
 
 MAX_NAME_LENGTH = 32
 
@@ -37,7 +36,7 @@ class Username:
     wire: bytes
 
 
-def parse_username(raw: bytes) -> Optional[Username]:
+def parse_username(raw: bytes) -> Username | None:
     """The username ``raw`` (valid UTF-8) stands for, or ``None`` if it breaks the rule."""
     if raw.isascii():
         if _ASCII_NAME.fullmatch(raw) is None:

@@ -15,7 +15,6 @@ always U+2028.
 from __future__ import annotations
 
 import re
-from typing import Tuple
 
 WHITESPACE = b" \t"
 """Whitespace for trimming lines and separating words: ASCII space and TAB only.
@@ -48,7 +47,7 @@ def clean_text(text: bytes) -> bytes:
     return _UNSAFE.sub(b"", text)
 
 
-def split_word(text: bytes) -> Tuple[bytes, bytes]:
+def split_word(text: bytes) -> tuple[bytes, bytes]:
     """Split off the first word: ``(word, rest)``.
 
     The word ends at the first space or TAB; the run of whitespace after it

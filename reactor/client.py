@@ -84,8 +84,9 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, List, Mapping, Optional, Sequence
+from typing import BinaryIO
 
 import protocol
 
@@ -114,7 +115,7 @@ class Options:
 
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    login: Optional[str] = None
+    login: str | None = None
     timeout: float = DEFAULT_TIMEOUT  # 0 = wait for the server forever
 
 
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_options(
-    argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, str]] = None
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> Options:
     """The ``Options`` for this run, or ``SystemExit(2)`` after one line on stderr.
 
@@ -233,7 +234,7 @@ def connect(host: str, port: int) -> socket.socket:
         ) from None
     except socket.gaierror as error:
         raise ConnectError(f"cannot resolve host {host!r}: {error.strerror}") from None
-    except socket.timeout:
+    except TimeoutError:
         raise ConnectError(
             f"cannot connect to {host} port {port}: no answer within {CONNECT_TIMEOUT:g} s"
         ) from None
@@ -268,7 +269,7 @@ _FINAL_LINES = {  # the last line before the server's close -> how it ended
 }
 
 
-def describe_ending(last_line: Optional[bytes], error: Optional[OSError]) -> Ending:
+def describe_ending(last_line: bytes | None, error: OSError | None) -> Ending:
     """The ending of a connection whose last complete line was ``last_line``.
 
     ``last_line`` is None when nothing, or an unfinished line, came last.
@@ -285,9 +286,9 @@ class _Lines:
 
     def __init__(self) -> None:
         self._partial = b""
-        self.last: Optional[bytes] = None
+        self.last: bytes | None = None
 
-    def feed(self, chunk: bytes) -> List[bytes]:
+    def feed(self, chunk: bytes) -> list[bytes]:
         *lines, self._partial = (self._partial + chunk).split(b"\n")
         if len(self._partial) > MAX_PARTIAL:
             lines.append(self._partial)
@@ -337,7 +338,7 @@ class _Interactive:
         self._signals, self._signals_in = socket.socketpair()
         self._signals_in.setblocking(False)
 
-    def run(self, login: Optional[str], banner: str) -> int:
+    def run(self, login: str | None, banner: str) -> int:
         """The session; SIGINT keeps our handler after it, for a wake-up still in flight."""
         signal.signal(signal.SIGINT, self._on_sigint)
         if self._screen.draws_on_signal:
@@ -432,7 +433,7 @@ class _Interactive:
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT} | _draw_signals())
         lines = _Lines()
-        error: Optional[OSError] = None
+        error: OSError | None = None
         try:
             while True:
                 waiting = self._screen.undrawn()
@@ -549,11 +550,11 @@ class _InputPump:
     interpreter would hang on it while shutting down.
     """
 
-    def __init__(self, sock: socket.socket, fd: Optional[int], wake: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, fd: int | None, wake: socket.socket) -> None:
         self._sock = sock
         self._fd = fd
         self._wake = wake
-        self.ended_at: Optional[float] = None  # monotonic time the input ended
+        self.ended_at: float | None = None  # monotonic time the input ended
         self._last = b"\n"  # the last byte sent; nothing sent counts as a finished line
 
     def start(self) -> None:
@@ -592,14 +593,14 @@ class _InputPump:
             self._last = data[-1:]
 
 
-def _stdin_fd() -> Optional[int]:
+def _stdin_fd() -> int | None:
     try:
         return sys.stdin.fileno() if sys.stdin is not None else None
     except (OSError, ValueError):
         return None
 
 
-def run_scripted(sock: socket.socket, options: Options, out: Optional[BinaryIO]) -> int:
+def run_scripted(sock: socket.socket, options: Options, out: BinaryIO | None) -> int:
     """Copy the server's bytes to ``out`` until it closes; see the module docstring."""
     wake_read, wake_write = socket.socketpair()
     try:
@@ -620,10 +621,10 @@ def _copy_to_output(
     wake: socket.socket,
     pump: _InputPump,
     timeout: float,
-    out: Optional[BinaryIO],
+    out: BinaryIO | None,
 ) -> int:
     lines = _Lines()
-    error: Optional[OSError] = None
+    error: OSError | None = None
     while True:
         deadline = None if pump.ended_at is None or not timeout else pump.ended_at + timeout
         wait = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -680,7 +681,7 @@ def _stdin_is_tty() -> bool:
         return False
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the client; the return value is the exit status (see the module docstring)."""
     options = parse_options(argv)  # exits 2 on a bad value
     try:

@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import socket
 from collections import deque
-from typing import Deque, List, Optional, Tuple, Union
 
 from protocol import LineFramer
 
 from .ratelimit import TokenBucket
 from .timerwheel import Timer
 
-Piece = Union[bytes, memoryview]
+Piece = bytes | memoryview
 
 _HAVE_SENDMSG = hasattr(socket.socket, "sendmsg")
 _IOV_MAX = 512  # pieces per sendmsg; POSIX guarantees at least 16, Linux and macOS allow 1024
@@ -71,26 +70,26 @@ class Connection:
     def __init__(
         self,
         sock: socket.socket,
-        peer: Tuple,
+        peer: tuple,
         max_line: int,
-        bucket: Optional[TokenBucket],
+        bucket: TokenBucket | None,
         now: float,
     ) -> None:
         self.sock = sock
         self.peer = peer  # (host, port), for the log
         self.framer = LineFramer(self, max_line)
         self.bucket = bucket  # None when flood control is off
-        self.queue: List[Piece] = []  # output not yet sent, oldest first
+        self.queue: list[Piece] = []  # output not yet sent, oldest first
         self.queued = 0  # bytes in queue
         self.written = 0  # bytes handed to the kernel since the connection opened
         # Replies (to its own commands) among the unsent bytes, at most one
         # chunk's worth too many; reply_chunks holds (stream offset where a
         # chunk ends, its reply bytes) for unsent chunks that have replies.
         self.reply_bytes = 0
-        self.reply_chunks: Optional[Deque[Tuple[int, int]]] = None  # made when needed
+        self.reply_chunks: deque[tuple[int, int]] | None = None  # made when needed
         self.last_active = now  # when the last complete line arrived
-        self.idle_timer: Optional[Timer] = None
-        self.timer: Optional[Timer] = None  # flood-control resume, or the close deadline
+        self.idle_timer: Timer | None = None
+        self.timer: Timer | None = None  # flood-control resume, or the close deadline
         self.mask = 0  # selector events registered; 0 = not registered
         self.eof = False  # the peer will send no more
         self.closing = False  # close once output is flushed (or the deadline passes)
@@ -107,7 +106,7 @@ class Connection:
         """Unsent bytes that are (at least) lines from other users."""
         return self.queued - min(self.reply_bytes, self.queued)
 
-    def enqueue(self, pieces: List[Piece], reply_bytes: int) -> None:
+    def enqueue(self, pieces: list[Piece], reply_bytes: int) -> None:
         """Append output behind what is already waiting; sends nothing."""
         self.queue.extend(pieces)
         self.queued += sum(map(len, pieces))

@@ -27,7 +27,7 @@ import logging
 import signal
 import socket
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from .config import PROG, Config, parse_config
 from .limits import fit_max_clients
@@ -62,17 +62,17 @@ def listen(config: Config) -> socket.socket:
         return socket.create_server((host, port), family=family, backlog=socket.SOMAXCONN)
     except OSError as error:
         if error.errno == errno.EADDRINUSE or getattr(error, "winerror", None) == 10048:
-            raise StartupError(f"port {port} is already in use (is another server running?)", 1)
+            raise StartupError(f"port {port} is already in use (is another server running?)", 1) from None
         if error.errno in (errno.EACCES, errno.EPERM):
-            raise StartupError(f"not allowed to listen on port {port}: {error.strerror}", 1)
-        raise StartupError(f"cannot listen on {host} port {port}: {error.strerror or error}", 1)
+            raise StartupError(f"not allowed to listen on port {port}: {error.strerror}", 1) from None
+        raise StartupError(f"cannot listen on {host} port {port}: {error.strerror or error}", 1) from None
 
 
 def _family_of(host: str, port: int) -> int:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as error:
-        raise StartupError(f"argument --host: cannot resolve {host!r}: {error.strerror}", 2)
+        raise StartupError(f"argument --host: cannot resolve {host!r}: {error.strerror}", 2) from None
     return infos[0][0]
 
 
@@ -92,7 +92,7 @@ def _route_signals(reactor: Reactor, wakeup_write: socket.socket) -> None:
             signal.signal(getattr(signal, name), shutdown)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the daemon; the return value is the exit status."""
     config = parse_config(argv)  # exits 2 on a bad value
     log_handler = configure_logging(config.log_level, sys.stderr)

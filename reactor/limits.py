@@ -12,7 +12,6 @@ limit is ``select()``'s: at most 512 sockets.
 from __future__ import annotations
 
 import sys
-from typing import Optional, Tuple
 
 RESERVE = 32
 """Descriptors kept for the listener, the selector, the signal wakeup pair,
@@ -22,7 +21,7 @@ WINDOWS_SELECT_LIMIT = 512
 _MACOS_OPEN_MAX = 10240  # macOS refuses a soft limit above OPEN_MAX
 
 
-def fit_max_clients(requested: int) -> Tuple[int, Optional[str]]:
+def fit_max_clients(requested: int) -> tuple[int, str | None]:
     """The ``max_clients`` that fits, and a warning when it is lower than ``requested``."""
     if sys.platform == "win32":
         return _fit(requested, WINDOWS_SELECT_LIMIT, "select() on Windows handles at most 512 sockets")
@@ -36,14 +35,14 @@ def fit_max_clients(requested: int) -> Tuple[int, Optional[str]]:
     return _fit(requested, limit, f"the open-file limit is {limit} (ulimit -n)")
 
 
-def _fit(requested: int, limit: int, why: str) -> Tuple[int, Optional[str]]:
+def _fit(requested: int, limit: int, why: str) -> tuple[int, str | None]:
     if requested + RESERVE <= limit:
         return requested, None
     fitted = max(1, limit - RESERVE)
     return fitted, f"--max-clients lowered from {requested} to {fitted}: {why}"
 
 
-def _raise_soft_limit(resource, needed: int) -> Optional[int]:
+def _raise_soft_limit(resource, needed: int) -> int | None:
     """Raise the soft RLIMIT_NOFILE toward ``needed``; the limit now in force (None: unlimited)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= needed:

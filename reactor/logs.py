@@ -15,7 +15,7 @@ written at once anyway.
 from __future__ import annotations
 
 import logging
-from typing import List, TextIO
+from typing import TextIO
 
 LOGGER_NAME = "chat"
 
@@ -39,7 +39,7 @@ class TurnBufferedHandler(logging.Handler):
     def __init__(self, stream: TextIO) -> None:
         super().__init__()
         self._stream = stream
-        self._pending: List[str] = []
+        self._pending: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

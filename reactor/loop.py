@@ -67,7 +67,7 @@ import selectors
 import socket
 import sys
 import time
-from typing import Callable, List, Optional
+from collections.abc import Callable
 
 from protocol import (
     Broadcast,
@@ -111,7 +111,7 @@ TICK = 0.1
 """The timer wheel's resolution: timers fire at most this late."""
 SOCKET_MARGIN = 16
 """Client sockets allowed beyond ``--max-clients`` (refusals still flushing, closes lingering)."""
-MAX_SLEEP: Optional[float] = 1.0 if sys.platform == "win32" else None
+MAX_SLEEP: float | None = 1.0 if sys.platform == "win32" else None
 """On Windows a signal does not interrupt ``select``: wake at least once a second."""
 
 _OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -139,9 +139,9 @@ class Reactor:
         config: Config,
         *,
         clock: Callable[[], float] = time.monotonic,
-        wakeup: Optional[socket.socket] = None,
-        after_turn: Optional[Callable[[], None]] = None,
-        selector: Optional[selectors.BaseSelector] = None,
+        wakeup: socket.socket | None = None,
+        after_turn: Callable[[], None] | None = None,
+        selector: selectors.BaseSelector | None = None,
     ) -> None:
         self._config = config
         self._clock = clock
@@ -150,18 +150,18 @@ class Reactor:
         self._selector = selector if selector is not None else selectors.DefaultSelector()
         self._wheel = TimerWheel(self._now, tick=TICK)
         self._outbox = Outbox()
-        self._listener: Optional[socket.socket] = listener
+        self._listener: socket.socket | None = listener
         self._accept_timer = Timer((self._resume_accepting, None))
         self._wakeup = wakeup
         self._after_turn = after_turn
-        self._notes: List[str] = []  # connection log lines, written once per turn
+        self._notes: list[str] = []  # connection log lines, written once per turn
         self._connections: set = set()
-        self._carried: List[Connection] = []  # parsed input left by the work budget
-        self._closing: List[Connection] = []  # to close once their output is flushed
-        self._writable: List[Connection] = []
-        self._ended: List[Connection] = []  # gone, not yet reported to the machine
+        self._carried: list[Connection] = []  # parsed input left by the work budget
+        self._closing: list[Connection] = []  # to close once their output is flushed
+        self._writable: list[Connection] = []
+        self._ended: list[Connection] = []  # gone, not yet reported to the machine
         self._shutdown_requested = False
-        self._stop_at: Optional[float] = None
+        self._stop_at: float | None = None
         listener.setblocking(False)
         self._selector.register(listener, READ, _LISTENER)
         if wakeup is not None:
@@ -257,7 +257,7 @@ class Reactor:
             self._write_notes()
         log.log(level, message, *args, exc_info=exc_info)
 
-    def _select_timeout(self, timers_due: Optional[float]) -> Optional[float]:
+    def _select_timeout(self, timers_due: float | None) -> float | None:
         """Sleep until the next timer (or the shutdown deadline); not at all if work waits."""
         if self._carried or (self._shutdown_requested and self._stop_at is None):
             return 0.0
@@ -428,7 +428,7 @@ class Reactor:
             conn.carried = True
             self._carried.append(conn)
 
-    def _continue(self, carried: List[Connection]) -> None:
+    def _continue(self, carried: list[Connection]) -> None:
         for conn in carried:
             conn.carried = False
             if conn.closed:

@@ -44,10 +44,10 @@ so that output waits for the next ``drain``.
 
 from __future__ import annotations
 
-from typing import Callable, Container, Dict, Hashable, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Container, Hashable, Sequence
 
 Conn = Hashable
-Deliver = Callable[[Conn, List[bytes], int], None]
+Deliver = Callable[[Conn, list[bytes], int], None]
 ShareRun = Callable[[Sequence[Conn], bytes, Container[Conn]], None]
 
 
@@ -61,7 +61,7 @@ class _Run:
         self.start = start
         self.end = start
         self.payload = b""
-        self._members: Optional[frozenset] = None
+        self._members: frozenset | None = None
 
     def has_member(self, conn: Conn) -> bool:
         members = self._members
@@ -76,8 +76,8 @@ class _Marks:
     __slots__ = ("private", "excluded")
 
     def __init__(self) -> None:
-        self.private: List[Tuple[int, bytes, bool]] = []  # (position, data, foreign)
-        self.excluded: List[int] = []  # log positions it must not receive
+        self.private: list[tuple[int, bytes, bool]] = []  # (position, data, foreign)
+        self.excluded: list[int] = []  # log positions it must not receive
 
 
 class Outbox:
@@ -86,9 +86,9 @@ class Outbox:
     __slots__ = ("_log", "_runs", "_marks")
 
     def __init__(self) -> None:
-        self._log: List[bytes] = []
-        self._runs: List[_Run] = []
-        self._marks: Dict[Conn, _Marks] = {}
+        self._log: list[bytes] = []
+        self._runs: list[_Run] = []
+        self._marks: dict[Conn, _Marks] = {}
 
     def __bool__(self) -> bool:
         return bool(self._log or self._marks)
@@ -101,7 +101,7 @@ class Outbox:
         """File ``data``, a line from another user, for ``conn`` alone."""
         self._mark(conn).private.append((len(self._log), data, True))
 
-    def broadcast(self, data: bytes, audience: Sequence[Conn], exclude: Optional[Conn]) -> None:
+    def broadcast(self, data: bytes, audience: Sequence[Conn], exclude: Conn | None) -> None:
         """File ``data`` for every member of ``audience`` but ``exclude``."""
         runs = self._runs
         if not runs or runs[-1].audience is not audience:
@@ -117,7 +117,7 @@ class Outbox:
             marks = self._marks[conn] = _Marks()
         return marks
 
-    def drain(self, deliver: Deliver, share_run: Optional[ShareRun] = None) -> None:
+    def drain(self, deliver: Deliver, share_run: ShareRun | None = None) -> None:
         """Hand every connection its output for the turn, then start empty.
 
         ``share_run(audience, payload, skip)``, if given, takes the hot path
@@ -138,7 +138,7 @@ class Outbox:
         if len(runs) == 1:
             share_run(runs[0].audience, runs[0].payload, marks)
         elif runs:
-            pending: Dict[Conn, List[bytes]] = {}
+            pending: dict[Conn, list[bytes]] = {}
             for run in runs:
                 payload = run.payload
                 for conn in run.audience:
@@ -177,9 +177,9 @@ def _share_one_by_one(deliver: Deliver) -> ShareRun:
     return share_run
 
 
-def _assemble(conn: Conn, marks: _Marks, log: List[bytes], runs: List[_Run]):
+def _assemble(conn: Conn, marks: _Marks, log: list[bytes], runs: list[_Run]):
     """A marked connection's pieces: its runs' lines, minus exclusions, with its private lines in place."""
-    pieces: List[bytes] = []
+    pieces: list[bytes] = []
     reply_bytes = 0
     private, excluded = marks.private, marks.excluded
     p = x = 0  # next private line, next exclusion
@@ -214,7 +214,7 @@ def _assemble(conn: Conn, marks: _Marks, log: List[bytes], runs: List[_Run]):
     return pieces, reply_bytes
 
 
-def _slice(log: List[bytes], run: _Run, start: int, end: int) -> bytes:
+def _slice(log: list[bytes], run: _Run, start: int, end: int) -> bytes:
     if start == run.start and end == run.end:
         return run.payload
     if end - start == 1:

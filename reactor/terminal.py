@@ -72,8 +72,9 @@ import signal
 import sys
 import threading
 import unicodedata
+from collections.abc import Mapping
 from types import ModuleType
-from typing import Any, Deque, List, Mapping, Optional, TextIO, Tuple
+from typing import Any, TextIO
 
 __all__ = [
     "DRAW_SIGNAL",
@@ -126,7 +127,7 @@ def style(text: str, colour: bool) -> str:
     return f"{start}{text}{_RESET}"
 
 
-def colour_wanted(stream: Optional[TextIO], environ: Mapping[str, str]) -> bool:
+def colour_wanted(stream: TextIO | None, environ: Mapping[str, str]) -> bool:
     """Whether SGR colours would show as colours on ``stream``, and are welcome."""
     if environ.get("NO_COLOR") or environ.get("TERM") == "dumb":
         return False
@@ -156,7 +157,7 @@ def _enable_windows_vt(stream: TextIO) -> bool:
         return False
 
 
-def maybe_readline(environ: Mapping[str, str]) -> Optional[ModuleType]:
+def maybe_readline(environ: Mapping[str, str]) -> ModuleType | None:
     """The readline module if the redraw can work here, else ``None``.
 
     Importing readline is what makes ``input()`` use it, so this is the one
@@ -205,7 +206,7 @@ def _libedit(module: ModuleType) -> bool:
     return getattr(module, "backend", "") == "editline" or "libedit" in (module.__doc__ or "")
 
 
-def _maybe_readline_int(module: Optional[ModuleType], name: str) -> Any:
+def _maybe_readline_int(module: ModuleType | None, name: str) -> Any:
     """One of GNU readline's int variables (a ctypes int), or ``None`` where it cannot be read.
 
     Two are used: ``rl_point``, the cursor's byte offset in the buffer, and
@@ -224,7 +225,7 @@ def _maybe_readline_int(module: Optional[ModuleType], name: str) -> Any:
         return None
 
 
-def _emit(stream: Optional[TextIO], text: str) -> None:
+def _emit(stream: TextIO | None, text: str) -> None:
     if stream is None or not text:
         return
     try:
@@ -239,9 +240,9 @@ class Screen:
 
     def __init__(
         self,
-        out: Optional[TextIO],
-        err: Optional[TextIO],
-        readline: Optional[ModuleType] = None,
+        out: TextIO | None,
+        err: TextIO | None,
+        readline: ModuleType | None = None,
         colour: bool = False,
     ) -> None:
         self._out = out
@@ -250,7 +251,7 @@ class Screen:
         self._colour = colour
         self._prompt = PROMPT if readline is not None else ""
         self._lock = threading.Lock()  # between the reader thread and the main thread's last words
-        self._queue: Deque[str] = collections.deque()  # lines for the main thread to draw
+        self._queue: collections.deque[str] = collections.deque()  # lines for the main thread to draw
         self._drawing_in_main = readline is not None  # until close_input()
         self._in_handler = False
         self._input_closed = False
@@ -330,7 +331,7 @@ class Screen:
         finally:
             self._in_handler = False
 
-    def _draw(self, lines: List[str]) -> None:
+    def _draw(self, lines: list[str]) -> None:
         text = "\n".join(lines) + "\n"
         if not self._redrawing():
             _emit(self._out, text)
@@ -349,7 +350,7 @@ class Screen:
             return False
         return self._done is None or not self._done.value
 
-    def _input_state(self) -> Tuple[str, int, int]:
+    def _input_state(self) -> tuple[str, int, int]:
         """(prompt and buffer as drawn, columns before the cursor, terminal width)."""
         assert self._readline is not None
         buffer = self._readline.get_line_buffer()

@@ -24,8 +24,6 @@ test can also look at what happens in between.
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
-
 from protocol import (
     ChatMachine,
     Close,
@@ -44,12 +42,12 @@ class Chat:
 
     def __init__(self, **machine_options) -> None:
         self.machine = ChatMachine(**machine_options)
-        self._received: Dict[ConnId, bytes] = {}
-        self._closes: List[Tuple[ConnId, CloseReason]] = []
+        self._received: dict[ConnId, bytes] = {}
+        self._closes: list[tuple[ConnId, CloseReason]] = []
 
     # -- feeding the machine ------------------------------------------------
 
-    def event(self, ev) -> List[Effect]:
+    def event(self, ev) -> list[Effect]:
         """Hand ``ev`` to the machine, record its effects and return them."""
         effects = self.machine.handle(ev)
         for conn, data in output_by_connection(effects).items():
@@ -62,11 +60,11 @@ class Chat:
         for conn in conns:
             self.event(ConnectionOpened(conn))
 
-    def send(self, conn: ConnId, line: bytes) -> List[Effect]:
+    def send(self, conn: ConnId, line: bytes) -> list[Effect]:
         """Report one complete line from ``conn`` (raw bytes, without the LF)."""
         return self.event(LineReceived(conn, line))
 
-    def close(self, conn: ConnId) -> List[Effect]:
+    def close(self, conn: ConnId) -> list[Effect]:
         """Report that ``conn``'s connection is gone."""
         return self.event(ConnectionClosed(conn))
 
@@ -82,12 +80,12 @@ class Chat:
         """The bytes ``conn`` received since the last call for it."""
         return self._received.pop(conn, b"")
 
-    def outputs(self) -> Dict[ConnId, bytes]:
+    def outputs(self) -> dict[ConnId, bytes]:
         """Every connection's non-empty output since the last look, consumed."""
         received, self._received = self._received, {}
         return {conn: data for conn, data in received.items() if data}
 
-    def closed(self) -> List[Tuple[ConnId, CloseReason]]:
+    def closed(self) -> list[tuple[ConnId, CloseReason]]:
         """The closes the machine requested since the last call, in order."""
         closes, self._closes = self._closes, []
         return closes

@@ -53,7 +53,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Dict, Hashable, List, NamedTuple, Optional, Tuple
+from collections.abc import Hashable
+from typing import NamedTuple
 
 Conn = Hashable
 
@@ -80,7 +81,7 @@ def trim(s: str) -> str:
     return s.strip(" \t")
 
 
-def split_word(s: str) -> Tuple[str, str]:
+def split_word(s: str) -> tuple[str, str]:
     """The first word of ``s`` and the rest after the whitespace that follows it."""
     i = 0
     while i < len(s) and not is_whitespace(s[i]):
@@ -98,7 +99,7 @@ def clean(text: str) -> str:
     return "".join(ch for ch in text if not is_control(ch))
 
 
-def command_of(word: str) -> Optional[str]:
+def command_of(word: str) -> str | None:
     """The command a word names, ASCII-case-insensitively (``pıng`` names none)."""
     if not word.isascii():
         return None
@@ -155,19 +156,19 @@ class Expected(NamedTuple):
     another user); ``closes`` maps each connection to close to its reason.
     """
 
-    sends: List[Tuple[Conn, str, bytes]]
-    closes: Dict[Conn, str]
+    sends: list[tuple[Conn, str, bytes]]
+    closes: dict[Conn, str]
 
-    def output(self, kinds: Tuple[str, ...] = ("reply", "peer")) -> Dict[Conn, bytes]:
+    def output(self, kinds: tuple[str, ...] = ("reply", "peer")) -> dict[Conn, bytes]:
         """The bytes each connection receives, like ``protocol.output_by_connection``."""
-        out: Dict[Conn, bytes] = {}
+        out: dict[Conn, bytes] = {}
         for conn, kind, data in self.sends:
             if kind in kinds:
                 out[conn] = out.get(conn, b"") + data
         return out
 
     @property
-    def closed(self) -> List[Conn]:
+    def closed(self) -> list[Conn]:
         return list(self.closes)
 
 
@@ -178,22 +179,22 @@ def line_bytes(text: str) -> bytes:
 class ChatModel:
     """The chat protocol as a few dicts and lists; one method per event."""
 
-    def __init__(self, max_clients: Optional[int] = None) -> None:
+    def __init__(self, max_clients: int | None = None) -> None:
         self.max_clients = max_clients
-        self.state: Dict[Conn, str] = {}  # every open conn, in open order
-        self.names: Dict[Conn, str] = {}  # logged-in conn -> shown name
-        self.login_order: List[Conn] = []  # logged-in conns
-        self.admitted: List[Conn] = []  # conns counted against max_clients
+        self.state: dict[Conn, str] = {}  # every open conn, in open order
+        self.names: dict[Conn, str] = {}  # logged-in conn -> shown name
+        self.login_order: list[Conn] = []  # logged-in conns
+        self.admitted: list[Conn] = []  # conns counted against max_clients
         self.shut_down = False
-        self._sends: List[Tuple[Conn, str, bytes]] = []
-        self._closes: Dict[Conn, str] = {}
+        self._sends: list[tuple[Conn, str, bytes]] = []
+        self._closes: dict[Conn, str] = {}
 
     # -- queries -------------------------------------------------------------
 
-    def usernames(self) -> List[str]:
+    def usernames(self) -> list[str]:
         return [self.names[conn] for conn in self.login_order]
 
-    def state_of(self, conn: Conn) -> Optional[str]:
+    def state_of(self, conn: Conn) -> str | None:
         return self.state.get(conn)
 
     # -- events --------------------------------------------------------------
@@ -263,7 +264,7 @@ class ChatModel:
             self.admitted.remove(conn)
         return self._done()
 
-    def closed_together(self, conns: List[Conn]) -> Expected:
+    def closed_together(self, conns: list[Conn]) -> Expected:
         """Several connections ended at once: the rest hear of each leaver; leavers of none."""
         for conn in conns:
             assert conn in self.state, "model misuse: close of a conn not open"
@@ -346,7 +347,7 @@ class ChatModel:
         assert conn in self.state, "model misuse: event for a conn not open"
         return self.state[conn] == CLOSING
 
-    def _find_user(self, name: str) -> Optional[Conn]:
+    def _find_user(self, name: str) -> Conn | None:
         key = name_key(name)
         for conn in self.login_order:
             if name_key(self.names[conn]) == key:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Iterator, List, Optional
+from collections.abc import Iterator
 
 from reactor.config import Config
 from reactor.loop import Reactor
@@ -33,7 +33,7 @@ class LineSource:
 
     _buffer = b""
 
-    def _read_chunk(self, timeout: float) -> Optional[bytes]:
+    def _read_chunk(self, timeout: float) -> bytes | None:
         """Up to 64 KiB within ``timeout``: ``None`` if nothing came, ``b""`` at the end."""
         raise NotImplementedError
 
@@ -71,11 +71,11 @@ class Client(LineSource):
         """Send each line, LF-terminated, in one segment."""
         self.send("".join(line + "\n" for line in lines).encode())
 
-    def _read_chunk(self, timeout: float) -> Optional[bytes]:
+    def _read_chunk(self, timeout: float) -> bytes | None:
         self.sock.settimeout(timeout)
         try:
             return self.sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             return None
 
     def sync(self) -> None:
@@ -93,8 +93,8 @@ class Client(LineSource):
             self.sock.settimeout(remaining)
             try:
                 chunk = self.sock.recv(65536)
-            except socket.timeout:
-                raise AssertionError(f"still open after {timeout} s (got {data!r})")
+            except TimeoutError:
+                raise AssertionError(f"still open after {timeout} s (got {data!r})") from None
             except ConnectionResetError:
                 return data
             if not chunk:
@@ -122,7 +122,7 @@ class SmallBufferClient(Client):
     """
 
     def __init__(
-        self, port: int, *, rcvbuf: Optional[int] = None, sndbuf: Optional[int] = None,
+        self, port: int, *, rcvbuf: int | None = None, sndbuf: int | None = None,
         timeout: float = TIMEOUT,
     ) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -149,7 +149,7 @@ class _ErrorRecords(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(logging.ERROR)
-        self.records: List[logging.LogRecord] = []
+        self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
@@ -195,7 +195,7 @@ class ThreadedServer:
         self.port = listener.getsockname()[1]
         self._wake_read, self._wake_write = socket.socketpair()
         self.reactor = Reactor(listener, self.config, wakeup=self._wake_read, selector=selector)
-        self._error: List[BaseException] = []
+        self._error: list[BaseException] = []
         self._thread = threading.Thread(target=self._run, name="reactor", daemon=True)
         self._thread.start()
 
@@ -208,7 +208,7 @@ class ThreadedServer:
             self.reactor.close()
 
     @property
-    def errors(self) -> List[logging.LogRecord]:
+    def errors(self) -> list[logging.LogRecord]:
         """ERROR records logged so far; a test that provokes one must clear it."""
         return self._errors.records
 
@@ -245,7 +245,7 @@ class ServerProcess:
     """
 
     def __init__(
-        self, *args: str, env: Optional[dict] = None, cwd: pathlib.Path = ROOT, **popen_options
+        self, *args: str, env: dict | None = None, cwd: pathlib.Path = ROOT, **popen_options
     ) -> None:
         environment = dict(os.environ)
         environment.pop("PORT", None)
@@ -258,8 +258,8 @@ class ServerProcess:
             stderr=subprocess.PIPE,
             **popen_options,
         )
-        self._stdout: List[bytes] = []
-        self._stderr: List[bytes] = []
+        self._stdout: list[bytes] = []
+        self._stderr: list[bytes] = []
         self._started = threading.Condition()
         self._readers = [
             threading.Thread(target=self._drain, args=(self.process.stdout, self._stdout), daemon=True),
@@ -269,7 +269,7 @@ class ServerProcess:
             reader.start()
         self.port = self._wait_for_port()
 
-    def _drain(self, stream, chunks: List[bytes]) -> None:
+    def _drain(self, stream, chunks: list[bytes]) -> None:
         for chunk in iter(lambda: os.read(stream.fileno(), 65536), b""):
             with self._started:
                 chunks.append(chunk)
@@ -302,7 +302,7 @@ class ServerProcess:
         for reader in self._readers:
             reader.join(TIMEOUT)
 
-    def stop(self, sig: Optional[int] = None, timeout: float = 10) -> tuple:
+    def stop(self, sig: int | None = None, timeout: float = 10) -> tuple:
         """Send ``sig`` (default SIGTERM); return (exit status, stdout, stderr)."""
         import signal as signals
 
@@ -318,7 +318,7 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def server_process(*args: str, env: Optional[dict] = None) -> Iterator[ServerProcess]:
+def server_process(*args: str, env: dict | None = None) -> Iterator[ServerProcess]:
     server = ServerProcess("--host", "127.0.0.1", "--port", "0", *args, env=env)
     try:
         yield server

@@ -135,7 +135,7 @@ padding = st.one_of(
 @st.composite
 def case_variant(draw, word: str) -> str:
     flags = draw(st.lists(st.booleans(), min_size=len(word), max_size=len(word)))
-    return "".join(ch.lower() if low else ch for ch, low in zip(word, flags))
+    return "".join(ch.lower() if low else ch for ch, low in zip(word, flags, strict=True))
 
 
 command_words = st.one_of(

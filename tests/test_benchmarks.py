@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import pytest
-
 from netutil import ROOT, server_process
 
 pytestmark = pytest.mark.skipif(

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Iterator, List, Optional
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -38,7 +38,7 @@ from tests.netutil import ROOT, TIMEOUT, login, server_process, threaded_server
 SGR = re.compile(rb"\x1b\[[0-9;]*m")
 
 
-def client_environment(**changes: Optional[str]) -> dict:
+def client_environment(**changes: str | None) -> dict:
     """The caller's environment without what would change the client's behaviour."""
     env = dict(os.environ)
     for name in ("PORT", "NO_COLOR", "COLUMNS", "LINES", "PYTHONSTARTUP"):
@@ -52,7 +52,7 @@ def client_environment(**changes: Optional[str]) -> dict:
 
 
 def run_client(
-    *args: str, input: bytes = b"", env: Optional[dict] = None
+    *args: str, input: bytes = b"", env: dict | None = None
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "reactor.client", *args],
@@ -385,17 +385,17 @@ class VirtualTerminal:
 
     def __init__(self, columns: int) -> None:
         self.columns = columns
-        self.cells: List[List[str]] = [[" "] * columns]
+        self.cells: list[list[str]] = [[" "] * columns]
         self.row = 0
         self.col = 0
         self.wrap_pending = False
         self.insert_mode = False
-        self.unknown: List[str] = []
-        self._escape: Optional[str] = None
+        self.unknown: list[str] = []
+        self._escape: str | None = None
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
     # reading the screen
-    def lines(self) -> List[str]:
+    def lines(self) -> list[str]:
         return ["".join(row).rstrip() for row in self.cells]
 
     def line(self, offset: int = 0) -> str:
@@ -509,7 +509,7 @@ class PtyClient:
 
     PROMPT = "> "
 
-    def __init__(self, port: int, *args: str, columns: int = 100, **env: Optional[str]) -> None:
+    def __init__(self, port: int, *args: str, columns: int = 100, **env: str | None) -> None:
         import fcntl
         import termios
 
@@ -593,7 +593,7 @@ def pty_client():
     """Start clients in pseudo-terminals (POSIX only); every one is killed at the end."""
     pytest.importorskip("pty")
     pytest.importorskip("termios")
-    started: List[PtyClient] = []
+    started: list[PtyClient] = []
 
     def start(port: int, *args: str, **options) -> PtyClient:
         started.append(PtyClient(port, *args, **options))

@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from netutil import ROOT, Client, ServerProcess, login, seed_terminal_steps, server_process
 from tools import ProcessClient, require
 
@@ -37,7 +36,7 @@ def test_startup_lines_on_stdout_and_connections_logged_on_stderr():
         client.say("QUIT")
         client.expect("Goodbye!")
         assert client.read_until_closed() == b""
-        peer = "('127.0.0.1', %d)" % client.sock.getsockname()[1]
+        peer = f"('127.0.0.1', {client.sock.getsockname()[1]})"
         status, out, err = server.stop()
     assert status == 0
     assert out.startswith(
@@ -58,7 +57,7 @@ def test_listening_on_every_interface_says_who_can_join():
     finally:
         server.kill()
     assert status == 0
-    assert "anyone who can reach port %d can join" % server.port in err.decode()
+    assert f"anyone who can reach port {server.port} can join" in err.decode()
 
 
 def test_the_port_comes_from_the_environment_and_the_flag_wins():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from netutil import ROOT
 
 PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.S)

@@ -320,7 +320,7 @@ def split_points(stream: bytes):
 @given(stream=streams, max_line=st.integers(1, 20), data=st.data())
 def test_any_chunking_and_any_budgets_give_the_reference_events(stream, max_line, data):
     cuts = data.draw(split_points(stream))
-    chunks = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])]
+    chunks = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)], strict=True)]
     framer = LineFramer("c", max_line=max_line)
     events, tokens, complete = [], 0, 0
     for chunk in chunks:

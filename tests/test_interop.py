@@ -26,15 +26,13 @@ import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 import unicodedata
-from typing import Callable, List, Optional
+from collections.abc import Callable
 
 import pytest
-
 from netutil import Client, login, server_process, threaded_server
 from tools import require
 
@@ -301,13 +299,13 @@ class Tmux:
     def keys(self, *keys: str) -> None:
         self.run("send-keys", "-t", self.session, *keys)
 
-    def screen(self) -> List[str]:
+    def screen(self) -> list[str]:
         return [line.rstrip() for line in self.run("capture-pane", "-p", "-t", self.session).splitlines()]
 
-    def wait_for(self, what: str, predicate: Callable[[List[str]], bool], timeout: float = 5.0) -> List[str]:
+    def wait_for(self, what: str, predicate: Callable[[list[str]], bool], timeout: float = 5.0) -> list[str]:
         """Poll the screen (tmux has no event to wait on) every 50 ms until ``predicate`` holds."""
         deadline = time.monotonic() + timeout
-        screen: List[str] = []
+        screen: list[str] = []
         for _ in range(int(timeout / 0.05) + 1):
             screen = self.screen()
             if predicate(screen):
@@ -331,7 +329,7 @@ class Tmux:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _index(screen: List[str], predicate: Callable[[str], bool], after: int = -1) -> Optional[int]:
+def _index(screen: list[str], predicate: Callable[[str], bool], after: int = -1) -> int | None:
     for index in range(after + 1, len(screen)):
         if predicate(screen[index]):
             return index
@@ -353,7 +351,7 @@ def test_the_real_telnet_program_survives_ctrl_c(server):
         tmux.keys("C-c")  # telnet sends IAC IP IAC DO TIMING-MARK and hides output until answered
         tmux.keys("PING", "Enter")
 
-        def pong_after_ping(screen: List[str]) -> bool:
+        def pong_after_ping(screen: list[str]) -> bool:
             typed = _index(screen, lambda l: l.endswith("PING"))
             return typed is not None and _index(screen, lambda l: l == "PONG", typed) is not None
 
@@ -497,7 +495,7 @@ def _read_until_closed_keeping_watcher_busy(junk: Client, watcher: Client, timeo
         junk.sock.settimeout(min(0.1, remaining))
         try:
             chunk = junk.sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             continue
         except ConnectionResetError:
             return data
@@ -562,7 +560,7 @@ def test_binary_without_a_line_end_gets_one_line_too_long_then_an_idle_timeout()
 # -- 4. half-close with real clients -----------------------------------------------------------
 
 
-def _half_closing_client(tool: str, port: int) -> List[str]:
+def _half_closing_client(tool: str, port: int) -> list[str]:
     path = require(tool)
     if tool == "nc":
         return [path, "-N", "127.0.0.1", str(port)]  # -N: shutdown(SHUT_WR) at end of input

@@ -15,7 +15,9 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-PROTOCOL_MAY_IMPORT = {"__future__", "dataclasses", "enum", "re", "typing", "unicodedata"}
+PROTOCOL_MAY_IMPORT = {
+    "__future__", "collections", "dataclasses", "enum", "re", "typing", "unicodedata",
+}
 NEVER_IN_PROTOCOL = {
     "asyncio", "logging", "os", "select", "selectors", "signal", "socket", "ssl",
     "threading", "time",

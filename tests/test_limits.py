@@ -30,7 +30,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from typing import List, Optional, Tuple
 
 import pytest
 
@@ -39,8 +38,9 @@ if not sys.platform.startswith("linux"):
 
 import resource  # noqa: E402  (POSIX only, hence after the skip)
 
-import reactor.loop  # noqa: E402
 from netutil import TIMEOUT, Client, ServerProcess, SmallBufferClient, login, server_process, threaded_server  # noqa: E402
+
+import reactor.loop  # noqa: E402
 from protocol import ChatMachine, LineFramer, LineReceived  # noqa: E402
 from reactor.limits import RESERVE  # noqa: E402
 from reactor.loop import ACCEPT_RETRY, TICK, Reactor  # noqa: E402
@@ -112,7 +112,7 @@ def server_side(server, client: Client):
     return found[0]
 
 
-def receive_available(sock: socket.socket) -> Tuple[bytes, bool]:
+def receive_available(sock: socket.socket) -> tuple[bytes, bool]:
     """What the kernel holds for ``sock`` now, without waiting; and whether the peer closed."""
     data = b""
     for _ in range(10_000):  # bounded; each round takes at least one byte
@@ -143,7 +143,7 @@ class Pusher(threading.Thread):
         self.block = block
         self.max_blocks = max_blocks
         self.blocks = 0
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
         self.finished = False
         self._stopping = threading.Event()
         self._progress = threading.Condition()
@@ -169,7 +169,7 @@ class Pusher(threading.Thread):
             while not self.finished and time.monotonic() < give_up:
                 before = self.blocks
                 if not self._progress.wait_for(
-                    lambda: self.blocks != before or self.finished, timeout=quiet
+                    lambda before=before: self.blocks != before or self.finished, timeout=quiet
                 ):
                     return True
             return False
@@ -182,15 +182,15 @@ class Pusher(threading.Thread):
 class LimitedServerProcess(ServerProcess):
     """``python -m reactor`` started with RLIMIT_NOFILE set to ``nofile`` (soft, hard)."""
 
-    def __init__(self, *args: str, nofile: Tuple[int, int]) -> None:
+    def __init__(self, *args: str, nofile: tuple[int, int]) -> None:
         def limit_descriptors() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
 
         super().__init__("--host", "127.0.0.1", "--port", "0", *args, preexec_fn=limit_descriptors)
 
 
-def ping_round_trips(client: Client, count: int, until: Optional[threading.Event] = None,
-                     skip: Optional[bytes] = None) -> List[float]:
+def ping_round_trips(client: Client, count: int, until: threading.Event | None = None,
+                     skip: bytes | None = None) -> list[float]:
     """Up to ``count`` PING round trips in seconds (stopping once ``until`` is set).
 
     Lines other than PONG must equal ``skip`` (a flood the client is meant to see).
@@ -210,9 +210,10 @@ def ping_round_trips(client: Client, count: int, until: Optional[threading.Event
     return times
 
 
-def describe(times: List[float]) -> str:
-    return "p50 %.2f ms, max %.2f ms over %d pings" % (
-        statistics.median(times) * 1000, max(times) * 1000, len(times)
+def describe(times: list[float]) -> str:
+    return (
+        f"p50 {statistics.median(times) * 1000:.2f} ms, max {max(times) * 1000:.2f} ms"
+        f" over {len(times)} pings"
     )
 
 
@@ -497,7 +498,7 @@ def test_lines_from_others_evict_a_client_even_while_it_is_behind_on_its_own_rep
 # -- floods ---------------------------------------------------------------------------------
 
 
-def _pong_arrivals(server, count: int) -> Tuple[float, List[float]]:
+def _pong_arrivals(server, count: int) -> tuple[float, list[float]]:
     """Send ``count`` PINGs at once; (when they went, when each PONG came)."""
     client = Client(server.port)
     started = time.monotonic()
@@ -687,9 +688,9 @@ def test_one_turn_handles_a_bounded_share_of_one_connection(monkeypatch, bounded
     sees the difference (so the bounded run can fail)."""
     if not bounded:
         monkeypatch.setattr(reactor.loop, "WORK_PER_TURN", 10**9)
-    turns: List[Counter] = []
+    turns: list[Counter] = []
     current = [Counter()]
-    feeds: List[int] = []
+    feeds: list[int] = []
     run_once, handle, feed = Reactor.run_once, ChatMachine.handle, LineFramer.feed
 
     def counting_run_once(self) -> None:

@@ -19,10 +19,9 @@ import socket
 import struct
 import sys
 import time
-from typing import Callable, Iterator, List, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
-
 from netutil import TIMEOUT, server_process
 
 CLIENTS = 1000
@@ -56,7 +55,7 @@ class Peer:
     def __init__(self, name: bytes, sock: socket.socket) -> None:
         self.name = name
         self.sock = sock
-        self.lines: List[bytes] = []
+        self.lines: list[bytes] = []
         self._partial = b""
 
     def feed(self, data: bytes) -> None:
@@ -131,7 +130,7 @@ def reset(peer: Peer) -> None:
 def test_a_thousand_clients_broadcast_who_and_a_mass_reset():
     names = [b"user%04d" % number for number in range(CLIENTS)]
     random.Random(1000).shuffle(names)  # login order differs from any sorted order
-    peers: List[Peer] = []
+    peers: list[Peer] = []
     with descriptors_for(CLIENTS + 200), server_process("--log-level", "WARNING") as server:
         # WARNING: 1,500 connection lines at INFO would fill the stderr pipe nobody reads until the end.
         try:

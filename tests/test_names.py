@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Optional
 
 import pytest
 from hypothesis import given
@@ -51,7 +50,7 @@ def spec_valid_nfkc(name: str) -> bool:
     )
 
 
-def spec_display(raw: bytes) -> Optional[str]:
+def spec_display(raw: bytes) -> str | None:
     """The name shown for ``raw``, or None if LOGIN must answer invalid-username."""
     name = nfkc(raw.decode("utf-8"))
     return name if spec_valid_nfkc(name) else None

@@ -14,10 +14,9 @@ sender, fails as surely as a wrong reply.
 
 from __future__ import annotations
 
-
 import pytest
-
 from helpers import Chat
+
 from protocol import (
     Broadcast,
     CloseReason,

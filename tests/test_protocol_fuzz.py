@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import unicodedata
-from typing import Callable, Dict, List, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import pytest
+import strategies as gen
 from hypothesis import given
 from hypothesis import strategies as st
-
-import strategies as gen
 from model import is_control, is_valid_shown_name
+
 from protocol import (
     Broadcast,
     ChatMachine,
@@ -75,14 +75,14 @@ scenarios = st.sampled_from((2, 2, 3, 1)).flatmap(
 )
 """(number of connections, max_line, ops)."""
 
-Splitter = Callable[[bytes], List[bytes]]
+Splitter = Callable[[bytes], list[bytes]]
 
 
-def whole(data: bytes) -> List[bytes]:
+def whole(data: bytes) -> list[bytes]:
     return [data]
 
 
-def bytewise(data: bytes) -> List[bytes]:
+def bytewise(data: bytes) -> list[bytes]:
     return [data[i : i + 1] for i in range(len(data))]
 
 
@@ -91,10 +91,10 @@ def run(
     max_line: int,
     ops: Sequence[tuple],
     split: Splitter = whole,
-    budget: Tuple[int, int] = (BIG, BIG),
+    budget: tuple[int, int] = (BIG, BIG),
     conns: Sequence[object] = (),
     machine: ChatMachine = None,
-) -> Tuple[list, list]:
+) -> tuple[list, list]:
     """Feed ``ops`` through framers into a machine; return (events, effects)."""
     conns = list(conns) or list(range(n))
     machine = machine or ChatMachine()
@@ -236,10 +236,10 @@ def test_raw_binary_never_raises(chunks):
 def test_split_anywhere_changes_nothing(scenario, data):
     n, max_line, ops = scenario
 
-    def anywhere(chunk: bytes) -> List[bytes]:
+    def anywhere(chunk: bytes) -> list[bytes]:
         cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(chunk) - 1)), max_size=6)))
         bounds = [0] + [c for c in cuts if c < len(chunk)] + [len(chunk)]
-        return [chunk[a:b] for a, b in zip(bounds, bounds[1:]) if a < b]
+        return [chunk[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if a < b]
 
     reference = run(n, max_line, ops)
     assert run(n, max_line, ops, split=anywhere) == reference
@@ -270,7 +270,7 @@ class Ident:
         return f"Ident({self.label})"
 
 
-def relabel(effect, mapping: Dict[object, object]):
+def relabel(effect, mapping: dict[object, object]):
     """``effect`` with every connection id translated through ``mapping``."""
     if isinstance(effect, Broadcast):
         exclude = None if effect.exclude is None else mapping[effect.exclude]
@@ -285,7 +285,7 @@ def test_same_events_same_effects(scenario):
     second = [Ident(i) for i in range(n)]
     _, effects_a = run(n, max_line, ops, conns=first)
     _, effects_b = run(n, max_line, ops, conns=second)
-    back = dict(zip(second, first))
+    back = dict(zip(second, first, strict=True))
     assert [relabel(e, back) for e in effects_b] == effects_a
     _, effects_c = run(n, max_line, ops, conns=first)
     assert effects_c == effects_a

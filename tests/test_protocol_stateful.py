@@ -22,9 +22,8 @@ produce nothing) until then.
 
 from __future__ import annotations
 
-from typing import Dict, List
-
 import pytest
+import strategies as gen
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -35,16 +34,15 @@ from hypothesis.stateful import (
     invariant,
     rule,
 )
-
-import strategies as gen
 from model import ChatModel, Expected
+
 from protocol import (
     Broadcast,
     ChatMachine,
     Close,
     ConnectionClosed,
-    ConnectionsClosed,
     ConnectionOpened,
+    ConnectionsClosed,
     Deliver,
     IdleTimedOut,
     LineReceived,
@@ -58,12 +56,12 @@ from protocol import (
 # -- comparing one step ---------------------------------------------------------
 
 
-def split_lines(output: Dict[object, bytes]) -> Dict[object, List[bytes]]:
+def split_lines(output: dict[object, bytes]) -> dict[object, list[bytes]]:
     """Per connection, its bytes as a list of lines (for readable failures)."""
     return {conn: data.splitlines(keepends=True) for conn, data in output.items() if data}
 
 
-def by_kind(effects) -> Dict[str, Dict[object, bytes]]:
+def by_kind(effects) -> dict[str, dict[object, bytes]]:
     replies = [e for e in effects if isinstance(e, Reply)]
     peers = [e for e in effects if isinstance(e, (Deliver, Broadcast))]
     return {"reply": output_by_connection(replies), "peer": output_by_connection(peers)}
@@ -211,7 +209,7 @@ EXAMPLES = {
 def test_examples(name):
     script, want = EXAMPLES[name]
     model, machine = ChatModel(), ChatMachine()
-    seen: Dict[str, Dict[int, bytes]] = {"model": {}, "machine": {}}
+    seen: dict[str, dict[int, bytes]] = {"model": {}, "machine": {}}
     for conn in (1, 2):
         step(machine, model, ConnectionOpened(conn))
     for conn, line in script:
@@ -247,7 +245,7 @@ class ChatComparison(RuleBasedStateMachine):
         self.machine = ChatMachine()
         self.model = ChatModel()
         self.next_conn = 0
-        self.open_conns: List[int] = []
+        self.open_conns: list[int] = []
 
     @initialize(max_clients=st.one_of(st.none(), st.none(), st.none(), st.integers(1, 3)))
     def start(self, max_clients):
@@ -282,14 +280,14 @@ class ChatComparison(RuleBasedStateMachine):
 
     @rule(conn=conns, text=gen.texts)
     def msg(self, conn, text):
-        self.send(LineReceived(conn, f"MSG {text}".encode("utf-8")))
+        self.send(LineReceived(conn, f"MSG {text}".encode()))
 
     @rule(conn=conns, data=st.data(), text=gen.texts)
     def dm(self, conn, data, text):
         users = self.model.usernames()
         known = st.sampled_from(users).flatmap(gen.name_variant) if users else gen.names
         name = data.draw(st.one_of(known, known, gen.names), label="name")
-        self.send(LineReceived(conn, f"DM {name} {text}".encode("utf-8")))
+        self.send(LineReceived(conn, f"DM {name} {text}".encode()))
 
     @rule(conn=conns, kind=st.sampled_from(("too_long", "telnet", "telnet", "idle")), request=gen.telnet_requests)
     def stream_event(self, conn, kind, request):

@@ -11,11 +11,9 @@ write interest when a kernel buffer fills, end of stream, and timers.
 from __future__ import annotations
 
 import selectors
-import socket
 import time
 
 import pytest
-
 from netutil import Client, SmallBufferClient, login, seed_terminal_steps, threaded_server
 
 KINDS = [

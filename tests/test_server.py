@@ -8,9 +8,9 @@ import socket
 import time
 
 import pytest
+from netutil import Client, login, seed_terminal_steps, threaded_server
 
 import reactor.loop
-from netutil import Client, login, seed_terminal_steps, threaded_server
 from protocol import ChatMachine, LineReceived
 
 
@@ -297,7 +297,7 @@ def test_an_internal_error_costs_only_the_connection_that_caused_it(monkeypatch)
         watcher.expect("INFO victim disconnected")
         watcher.sync()
         assert [record.getMessage() for record in server.errors] == [
-            "internal error while serving %s; closing it" % (victim.sock.getsockname(),)
+            f"internal error while serving {victim.sock.getsockname()}; closing it"
         ]
         server.errors.clear()
 

@@ -638,7 +638,7 @@ class WheelAgainstDict(RuleBasedStateMachine):
         for timer in fired:
             self.forget(timer)
         slack = self.tick + eps(self.now, self.origin)
-        for timer, deadline in self.model.items():
+        for deadline in self.model.values():
             assert deadline > self.now - slack, "left pending more than a tick late"
         return fired
 

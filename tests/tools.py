@@ -11,10 +11,8 @@ import os
 import select
 import shutil
 import subprocess
-from typing import List, Optional
 
 import pytest
-
 from netutil import LineSource
 
 PACKAGES = {"nc": "netcat-openbsd", "socat": "socat", "ncat": "ncat", "telnet": "telnet", "tmux": "tmux"}
@@ -33,7 +31,7 @@ def require(tool: str) -> str:
 class ProcessClient(LineSource):
     """A line client that is another program (nc, socat): we type into its stdin."""
 
-    def __init__(self, argv: List[str]) -> None:
+    def __init__(self, argv: list[str]) -> None:
         self.process = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
@@ -42,7 +40,7 @@ class ProcessClient(LineSource):
         self.process.stdin.write("".join(line + "\n" for line in lines).encode())
         self.process.stdin.flush()
 
-    def _read_chunk(self, timeout: float) -> Optional[bytes]:
+    def _read_chunk(self, timeout: float) -> bytes | None:
         out = self.process.stdout.fileno()
         ready, _, _ = select.select([out], [], [], timeout)
         return os.read(out, 65536) if ready else None
@@ -56,4 +54,4 @@ class ProcessClient(LineSource):
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=5)
-            raise AssertionError(f"{self.process.args[0]} did not exit within {timeout} s")
+            raise AssertionError(f"{self.process.args[0]} did not exit within {timeout} s") from None

@@ -340,7 +340,7 @@ def open_clients(proto, addr, count: int, first: int = 0, login: bool = True,
         except OSError as error:
             if error.errno == errno.ENOTCONN:
                 return False
-            raise Failure(f"connection #{i}: sending the login failed: {error}")
+            raise Failure(f"connection #{i}: sending the login failed: {error}") from None
         if sent != len(line):
             raise Failure(f"connection #{i}: the login line did not fit the socket")
         return True
@@ -370,7 +370,7 @@ def open_clients(proto, addr, count: int, first: int = 0, login: bool = True,
             if remaining <= 0:
                 raise Failure(f"only {count - left} of {count} connections {what} "
                               f"within {timeout:.0f} s")
-            for fd, ev in ep.poll(min(remaining, 1.0)):
+            for fd, _events in ep.poll(min(remaining, 1.0)):
                 entry = state[fd]
                 i, sock = entry[0], entry[1]
                 if entry[3]:  # connecting
@@ -392,7 +392,7 @@ def open_clients(proto, addr, count: int, first: int = 0, login: bool = True,
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError as error:
-                    raise Failure(f"connection #{i} failed during login: {error}")
+                    raise Failure(f"connection #{i} failed during login: {error}") from None
                 if not data:
                     raise Failure(
                         f"connection #{i} closed by the server during login "
@@ -657,7 +657,7 @@ def receive(peer: Peer) -> int:
     except (BlockingIOError, InterruptedError):
         return 0
     except OSError as error:
-        raise Failure(f"{peer.describe()}: {error}")
+        raise Failure(f"{peer.describe()}: {error}") from None
     if not n:
         raise Failure(
             f"{peer.describe()}: the server closed the connection after {peer.got} "
@@ -723,7 +723,7 @@ def run_fanout(proto, addr, args) -> dict:
                 except (BlockingIOError, InterruptedError):
                     sent = 0
                 except OSError as error:
-                    raise Failure(f"sender #{peer.index}: {error}")
+                    raise Failure(f"sender #{peer.index}: {error}") from None
                 peer.off += sent
                 if peer.off >= len(peer.out):
                     room.set_mask(peer, EPOLLIN)
@@ -770,7 +770,7 @@ def send_paced(room: Room, peer: Peer, msg: bytes) -> None:
     except (BlockingIOError, InterruptedError):
         sent = 0
     except OSError as error:
-        raise Failure(f"sender #{peer.index}: {error}")
+        raise Failure(f"sender #{peer.index}: {error}") from None
     if sent < len(msg):
         peer.out = bytearray(msg[sent:])
         room.set_mask(peer, EPOLLIN | EPOLLOUT)
@@ -782,7 +782,7 @@ def flush_paced(room: Room, peer: Peer) -> None:
     except (BlockingIOError, InterruptedError):
         return
     except OSError as error:
-        raise Failure(f"sender #{peer.index}: {error}")
+        raise Failure(f"sender #{peer.index}: {error}") from None
     del peer.out[:sent]
     if not peer.out:
         room.set_mask(peer, EPOLLIN)
@@ -1018,7 +1018,7 @@ def run_ping(proto, addr, args) -> dict:
                     break
                 reply += more
         except OSError as error:
-            raise Failure(f"ping connection failed to log in: {error}")
+            raise Failure(f"ping connection failed to log in: {error}") from None
         if not proto.login_ok(reply):
             raise Failure(f"ping connection failed to log in: {reply!r}")
 
@@ -1045,10 +1045,10 @@ def run_ping(proto, addr, args) -> dict:
         window.start()
         round_trips(args.count, samples)
         measured = window.stop()
-    except socket.timeout:
-        raise Failure("no PONG within 10 s")
+    except TimeoutError:
+        raise Failure("no PONG within 10 s") from None
     except OSError as error:
-        raise Failure(f"ping connection failed: {error}")
+        raise Failure(f"ping connection failed: {error}") from None
     samples.sort()
     us = 1e3
     return {
