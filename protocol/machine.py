@@ -193,6 +193,11 @@ class ChatMachine:
         """The logged-in users' names, in login order (what WHO lists)."""
         return [member.name.display for member in self._members.values()]
 
+    @property
+    def user_count(self) -> int:
+        """How many users are logged in."""
+        return len(self._members)
+
     def __len__(self) -> int:
         """The number of open connections the machine knows of."""
         return len(self._sessions)

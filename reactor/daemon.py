@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return error.status
     wakeup_read, wakeup_write = socket.socketpair()
-    reactor = Reactor(listener, config, wakeup=wakeup_read, after_turn=log_handler.flush)
+    reactor = Reactor([listener], config, wakeup=wakeup_read, after_turn=log_handler.flush)
     _route_signals(reactor, wakeup_write)  # before the startup line: a supervisor may signal at once
     port = listener.getsockname()[1]
     print(f"Chat server started on port {port}", flush=True)

@@ -67,7 +67,7 @@ import selectors
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from protocol import (
     Broadcast,
@@ -88,6 +88,7 @@ from .config import Config
 from .connection import Connection, PeerGone
 from .outbox import Outbox
 from .ratelimit import UNLIMITED, TokenBucket
+from .stats import Counters, Stats
 from .timerwheel import Timer, TimerWheel
 
 log = logging.getLogger("chat")
@@ -135,7 +136,7 @@ class Reactor:
 
     def __init__(
         self,
-        listener: socket.socket,
+        listeners: Iterable[socket.socket],
         config: Config,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -150,7 +151,8 @@ class Reactor:
         self._selector = selector if selector is not None else selectors.DefaultSelector()
         self._wheel = TimerWheel(self._now, tick=TICK)
         self._outbox = Outbox()
-        self._listener: socket.socket | None = listener
+        self._listeners: list[socket.socket] = list(listeners)
+        self._accepting = False
         self._accept_timer = Timer((self._resume_accepting, None))
         self._wakeup = wakeup
         self._after_turn = after_turn
@@ -162,14 +164,18 @@ class Reactor:
         self._ended: list[Connection] = []  # gone, not yet reported to the machine
         self._shutdown_requested = False
         self._stop_at: float | None = None
-        listener.setblocking(False)
-        self._selector.register(listener, READ, _LISTENER)
+        for listener in self._listeners:
+            listener.setblocking(False)
+        self._start_accepting()
         if wakeup is not None:
             wakeup.setblocking(False)
             self._selector.register(wakeup, READ, _WAKEUP)
         self._idle_timeout = config.idle_timeout
         self._max_output = config.max_output
         self._socket_limit = config.max_clients + SOCKET_MARGIN
+        self._started = self._now
+        self.counters = Counters()
+        self._bytes_out_closed = 0
 
     # -- the interface -----------------------------------------------------
 
@@ -187,6 +193,43 @@ class Reactor:
         """Whether shutdown is complete: every connection closed or out of time."""
         return self._stop_at is not None and not self._connections
 
+    def call_every(self, interval: float, callback: Callable[[], None]) -> None:
+        """Run ``callback`` every ``interval`` seconds of the loop's clock, from the loop.
+
+        For the daemon's periodic chores (statistics, the systemd watchdog):
+        they run between turns' work like any timer, never concurrently.
+        """
+        if not interval > 0:
+            raise ValueError("interval must be > 0")
+
+        def fire(_unused: object, timer: Timer) -> None:
+            self._wheel.schedule(timer, self._now + interval)
+            callback()
+
+        self._wheel.schedule(Timer((fire, None)), self._now + interval)
+
+    def stats(self) -> Stats:
+        """A snapshot of the counters and of what is open now."""
+        c = self.counters
+        return Stats(
+            users=self._machine.user_count,
+            connections=len(self._connections),
+            accepted=c.accepted,
+            refused=c.refused,
+            lines_in=c.lines_in,
+            lines_out=c.lines_out,
+            bytes_in=c.bytes_in,
+            bytes_out=self._bytes_out_closed + sum(conn.written for conn in self._connections),
+            evictions=c.evictions,
+            flood_pauses=c.flood_pauses,
+            uptime=self._clock() - self._started,
+        )
+
+    @property
+    def addresses(self) -> list[tuple]:
+        """The addresses the listening sockets are bound to (empty once they are closed)."""
+        return [listener.getsockname() for listener in self._listeners]
+
     def serve_forever(self) -> None:
         """Run turns until a requested shutdown is complete."""
         while not self.finished:
@@ -203,7 +246,7 @@ class Reactor:
         for key, mask in ready:
             target = key.data
             if target is _LISTENER:
-                self._accept_batch()
+                self._accept_batch(key.fileobj)
             elif target is _WAKEUP:
                 self._drain_wakeup()
             elif not target.closed:  # an earlier event this turn may have closed it
@@ -271,10 +314,15 @@ class Reactor:
 
     # -- accepting ---------------------------------------------------------
 
-    def _accept_batch(self) -> None:
-        listener = self._listener
+    def _start_accepting(self) -> None:
+        if not self._accepting and self._listeners:
+            for listener in self._listeners:
+                self._selector.register(listener, READ, _LISTENER)
+            self._accepting = True
+
+    def _accept_batch(self, listener: socket.socket) -> None:
         for _ in range(ACCEPTS_PER_TURN):
-            if listener is None:
+            if not self._accepting:
                 return
             try:
                 sock, address = listener.accept()
@@ -297,23 +345,24 @@ class Reactor:
             error.strerror or error,
             ACCEPT_RETRY,
         )
-        self._selector.unregister(self._listener)
+        self._stop_accepting()
         self._wheel.schedule(self._accept_timer, self._now + ACCEPT_RETRY)
 
     def _resume_accepting(self, _unused: object, timer: Timer) -> None:
-        if self._listener is not None:
-            self._selector.register(self._listener, READ, _LISTENER)
+        self._start_accepting()
+
+    def _stop_accepting(self) -> None:
+        if self._accepting:
+            for listener in self._listeners:
+                self._selector.unregister(listener)
+            self._accepting = False
 
     def _stop_listening(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is None:
-            return
         self._wheel.cancel(self._accept_timer)
-        try:
-            self._selector.unregister(listener)
-        except (KeyError, ValueError):
-            pass  # accepting was paused
-        listener.close()
+        self._stop_accepting()
+        listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            listener.close()
 
     def _open(self, sock: socket.socket, address) -> None:
         if len(self._connections) >= self._socket_limit:
@@ -330,6 +379,7 @@ class Reactor:
         now = self._now
         bucket = TokenBucket(config.rate, config.burst, now) if config.rate else None
         conn = Connection(sock, tuple(address[:2]), config.max_line, bucket, now)
+        self.counters.accepted += 1
         self._connections.add(conn)
         self._selector.register(sock, READ, conn)
         conn.mask = READ
@@ -347,6 +397,7 @@ class Reactor:
         total under ``--max-clients`` plus a margin, whatever arrives (on
         Windows, ``select()`` fails past 512 sockets).
         """
+        self.counters.refused += 1
         try:
             sock.setblocking(False)
             sock.send(_ERR_SERVER_FULL)
@@ -379,6 +430,7 @@ class Reactor:
                 self._close_now(conn)
             return
         if data:
+            self.counters.bytes_in += len(data)
             conn.framer.feed(data)
         else:
             conn.eof = True
@@ -397,6 +449,7 @@ class Reactor:
             bucket.spend(taken.tokens)
         if taken.lines:
             conn.last_active = now
+            self.counters.lines_in += taken.lines
         handle = self._machine.handle
         apply = self._apply
         try:
@@ -439,6 +492,7 @@ class Reactor:
                 self._update_interest(conn)  # it goes on once its output drains
 
     def _wait_for_tokens(self, conn: Connection, bucket: TokenBucket) -> None:
+        self.counters.flood_pauses += 1
         if conn.timer is None:
             conn.timer = Timer((self._tokens_refilled, conn))
         self._wheel.schedule(conn.timer, bucket.next_token_at())
@@ -460,14 +514,18 @@ class Reactor:
 
     def _apply(self, effects: list) -> None:
         outbox = self._outbox
+        counters = self.counters
         for effect in effects:
             kind = type(effect)
             if kind is Broadcast:
                 outbox.broadcast(effect.data, effect.audience, effect.exclude)
+                counters.lines_out += len(effect.audience) - (effect.exclude is not None)
             elif kind is Reply:
                 outbox.reply(effect.conn, effect.data)
+                counters.lines_out += effect.data.count(b"\n")
             elif kind is Deliver:
                 outbox.deliver(effect.conn, effect.data)
+                counters.lines_out += 1
             elif kind is Close:
                 self._close_requested(effect.conn, effect.reason)
             else:
@@ -477,7 +535,9 @@ class Reactor:
         if conn.closed:
             return
         self._log(logging.DEBUG, "closing %s: %s", conn.peer, reason.value)
-        if reason is CloseReason.CROSS_PROTOCOL:
+        if reason is CloseReason.SERVER_FULL:
+            self.counters.refused += 1
+        elif reason is CloseReason.CROSS_PROTOCOL:
             self._log(
                 logging.WARNING,
                 "closing %s: it sent an HTTP request to the chat port (cross-protocol guard)",
@@ -588,6 +648,7 @@ class Reactor:
                 conn.queued,
                 self._max_output,
             )
+            self.counters.evictions += 1
             self._close_now(conn)
 
     # -- interest ----------------------------------------------------------
@@ -673,6 +734,7 @@ class Reactor:
             self._selector.unregister(conn.sock)
             conn.mask = 0
         conn.sock.close()
+        self._bytes_out_closed += conn.written
         conn.queue.clear()
         conn.queued = 0
         self._connections.discard(conn)

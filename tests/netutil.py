@@ -194,7 +194,7 @@ class ThreadedServer:
         listener = socket.create_server(("127.0.0.1", 0))
         self.port = listener.getsockname()[1]
         self._wake_read, self._wake_write = socket.socketpair()
-        self.reactor = Reactor(listener, self.config, wakeup=self._wake_read, selector=selector)
+        self.reactor = Reactor([listener], self.config, wakeup=self._wake_read, selector=selector)
         self._error: list[BaseException] = []
         self._thread = threading.Thread(target=self._run, name="reactor", daemon=True)
         self._thread.start()

@@ -33,7 +33,7 @@ def room():
     clients = []
 
     def make(max_output: int, small_middle: bool = False):
-        reactor = Reactor(listener, Config(rate=0, idle_timeout=0, max_output=max_output))
+        reactor = Reactor([listener], Config(rate=0, idle_timeout=0, max_output=max_output))
         reactors.append(reactor)
         members = []
         for index in range(3):

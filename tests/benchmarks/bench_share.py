@@ -47,7 +47,7 @@ class StubSocket:
 
 def python_alone(listener: socket.socket, users: int, rounds: int, trials: int) -> float:
     """Seconds of the reactor's flush per recipient, with stub sockets."""
-    reactor = Reactor(listener, CONFIG)
+    reactor = Reactor([listener], CONFIG)
     audience = []
     for i in range(users):
         conn = Connection(StubSocket(), ("stub", i), CONFIG.max_line, None, 0.0)
@@ -107,7 +107,7 @@ def main() -> int:
         finally:
             os._exit(code)
     os.close(ready_write)  # so a child that dies is an end of file, not a hang
-    reactor = Reactor(listener, CONFIG)
+    reactor = Reactor([listener], CONFIG)
     try:
         if not os.read(ready_read, 1):
             print("the receiving process failed to connect", file=sys.stderr)
