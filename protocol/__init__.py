@@ -44,6 +44,7 @@ from .events import (
     ConnectionClosed,
     ConnectionOpened,
     ConnectionsClosed,
+    ConnectionsTimedOut,
     ConnId,
     Event,
     IdleTimedOut,
@@ -54,7 +55,15 @@ from .events import (
 )
 from .framing import DEFAULT_MAX_LINE, LineFramer, Taken
 from .machine import ChatMachine, ConnState, ProtocolUsageError
-from .names import MAX_NAME_LENGTH, Username, name_key, parse_username
+from .names import (
+    MAX_NAME_BYTES,
+    MAX_NAME_CODE_POINTS,
+    MAX_NAME_LENGTH,
+    Username,
+    maybe_name_key,
+    name_key,
+    parse_username,
+)
 from .text import clean_text
 from .wire import ERROR_CODES
 
@@ -71,6 +80,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionOpened",
     "ConnectionsClosed",
+    "ConnectionsTimedOut",
     "DEFAULT_MAX_LINE",
     "Deliver",
     "ERROR_CODES",
@@ -80,6 +90,8 @@ __all__ = [
     "LineFramer",
     "LineReceived",
     "LineTooLong",
+    "MAX_NAME_BYTES",
+    "MAX_NAME_CODE_POINTS",
     "MAX_NAME_LENGTH",
     "ProtocolUsageError",
     "Reply",
@@ -89,6 +101,7 @@ __all__ = [
     "Username",
     "clean_text",
     "looks_like_http",
+    "maybe_name_key",
     "name_key",
     "output_by_connection",
     "parse_username",

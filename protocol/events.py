@@ -14,8 +14,8 @@ identity-hashed objects keep the machine deterministic.
 Who produces what:
 
 - the reactor: ``ConnectionOpened``, ``ConnectionClosed`` (or
-  ``ConnectionsClosed`` for several at once), ``IdleTimedOut``,
-  ``ShutdownStarted`` (it owns sockets, the clock and signals);
+  ``ConnectionsClosed`` for several at once), ``IdleTimedOut`` (or
+  ``ConnectionsTimedOut``), ``ShutdownStarted`` (it owns sockets, the clock and signals);
 - the line framer (``protocol.framing``), which the reactor feeds with the
   bytes it reads: ``LineReceived``, ``LineTooLong`` and
   ``TelnetOptionRequested``.
@@ -81,6 +81,20 @@ class IdleTimedOut:
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectionsTimedOut:
+    """Several connections reached their idle deadline at the same moment (in one turn).
+
+    One departure, as for ``ConnectionsClosed``: each leaver gets its
+    ``ERR idle-timeout``, each remaining user one INFO per leaver, and the
+    leavers none about each other.  Thousands of clients that connected
+    together time out together; told one by one, they would cost
+    N * N / 2 INFO lines, nearly all to clients about to be closed.
+    """
+
+    conns: tuple[ConnId, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionClosed:
     """The connection is gone: end of stream, reset, eviction, or a close the machine asked for."""
 
@@ -110,6 +124,7 @@ Event = (
     | LineTooLong
     | TelnetOptionRequested
     | IdleTimedOut
+    | ConnectionsTimedOut
     | ConnectionClosed
     | ConnectionsClosed
     | ShutdownStarted

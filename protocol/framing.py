@@ -35,12 +35,15 @@ Rules it enforces (protocol.md, Framing):
 - an unfinished line never holds more than ``max_line`` bytes: at the first
   byte past the limit the framer emits ``LineTooLong`` once and discards the
   line's bytes up to and including the next LF;
-- Telnet commands (RFC 854) are removed before lines are cut, and cost no
-  tokens and no line length: ``IAC IAC`` is a literal 0xFF byte, 0xFF before
-  a byte that is no Telnet command stays as data, ``IAC DO x`` and
-  ``IAC WILL x`` become ``TelnetOptionRequested`` events (the machine refuses
-  them), and an LF abandons an unfinished command or subnegotiation, so
-  Telnet can never swallow a line;
+- Telnet commands (RFC 854) are removed before lines are cut.  Each whole
+  command (an option request or refusal, NOP, IP, a whole subnegotiation)
+  costs one token, as a line does, so a stream of them is paced like a
+  stream of lines; their bytes do not count toward the line length.
+  ``IAC IAC`` is a literal 0xFF byte, 0xFF before a byte that is no Telnet
+  command stays as data, ``IAC DO x`` and ``IAC WILL x`` become
+  ``TelnetOptionRequested`` events (the machine refuses them), and an LF
+  abandons an unfinished command or subnegotiation, unpaid, so Telnet can
+  never swallow a line;
 - at end of stream, an unfinished last line is dropped.
 
 Nothing a client sends can make it raise.
@@ -51,21 +54,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .events import ConnId, Event, LineReceived, LineTooLong, TelnetOptionRequested
+from .wire import DO, DONT, IAC, SB, SE, WILL
 
 DEFAULT_MAX_LINE = 4096
 
 _LF = b"\n"
 _CR = 13
-_IAC_BYTE = b"\xff"
-
-# Telnet command bytes (RFC 854).
-_IAC = 255
-_DONT = 254
-_DO = 253
-_WONT = 252
-_WILL = 251
-_SB = 250
-_SE = 240
+_IAC_BYTE = bytes((IAC,))
 
 # Telnet parser states.
 _DATA = 0  # plain data
@@ -302,54 +297,76 @@ class LineFramer:
         """
         state = self._telnet
         if state == _COMMAND:
-            if byte == _IAC or byte < _SE:
-                # IAC IAC is an escaped 0xFF; IAC before a non-command keeps both as data.
-                if self._add(_IAC_BYTE, 0, 1, max_tokens) == 0:
-                    return False
-                self._telnet = _DATA
-                if byte == _IAC:
-                    self._pos += 1
-                return True
-            self._pos += 1
-            if _WILL <= byte <= _DONT:
-                self._telnet = _OPTION
-                self._telnet_verb = byte
-            elif byte == _SB:
-                self._telnet = _SUBNEGOTIATION
-            else:
-                self._telnet = _DATA  # a two-byte command (NOP, IP, AYT, ...): dropped
-                self._work += 1
-            return True
-        if byte == 10:  # LF abandons any unfinished command: it ends the line instead
+            return self._after_iac(byte, max_tokens)
+        if byte == 10:  # LF abandons any unfinished command, unpaid: it ends the line instead
             self._telnet = _DATA
             return True
         if state == _OPTION:
-            self._pos += 1
-            self._telnet = _DATA
-            self._work += 1
-            if self._telnet_verb in (_DO, _WILL):
-                self._events.append(TelnetOptionRequested(self._conn, self._telnet_verb, byte))
-            return True
+            return self._option_byte(byte, max_tokens)
         if state == _SUBNEGOTIATION:
-            # Skip the negotiation's payload in one step, up to its IAC or an LF.
-            data = self._data
-            stop = len(data)
-            for needle in (_IAC_BYTE, _LF):
-                found = data.find(needle, self._pos, stop)
-                if found >= 0:
-                    stop = found
-            if stop < len(data) and data[stop] == _IAC:
-                self._telnet = _SUBNEGOTIATION_IAC
-                stop += 1
-            self._pos = stop
+            self._skip_subnegotiation()
             return True
-        # _SUBNEGOTIATION_IAC
-        self._pos += 1
-        if byte == _SE:
+        return self._after_subnegotiation_iac(byte, max_tokens)
+
+    def _after_iac(self, byte: int, max_tokens: int) -> bool:
+        if byte == IAC or byte < SE:
+            # IAC IAC is an escaped 0xFF; IAC before a non-command keeps both as data.
+            if self._add(_IAC_BYTE, 0, 1, max_tokens) == 0:
+                return False
             self._telnet = _DATA
-            self._work += 1
-        else:
+            if byte == IAC:
+                self._pos += 1
+            return True
+        if WILL <= byte <= DONT:
+            self._telnet = _OPTION
+            self._telnet_verb = byte
+        elif byte == SB:
             self._telnet = _SUBNEGOTIATION
+        elif not self._pay_for_command(max_tokens):
+            return False
+        else:
+            self._telnet = _DATA  # a two-byte command (NOP, IP, AYT, ...): dropped
+        self._pos += 1
+        return True
+
+    def _option_byte(self, option: int, max_tokens: int) -> bool:
+        if not self._pay_for_command(max_tokens):
+            return False
+        self._pos += 1
+        self._telnet = _DATA
+        if self._telnet_verb in (DO, WILL):
+            self._events.append(TelnetOptionRequested(self._conn, self._telnet_verb, option))
+        return True
+
+    def _skip_subnegotiation(self) -> None:
+        """Skip the negotiation's payload in one step, up to its IAC or an LF."""
+        data = self._data
+        stop = len(data)
+        for needle in (_IAC_BYTE, _LF):
+            found = data.find(needle, self._pos, stop)
+            if found >= 0:
+                stop = found
+        if stop < len(data) and data[stop] == IAC:
+            self._telnet = _SUBNEGOTIATION_IAC
+            stop += 1
+        self._pos = stop
+
+    def _after_subnegotiation_iac(self, byte: int, max_tokens: int) -> bool:
+        if byte == SE:
+            if not self._pay_for_command(max_tokens):
+                return False
+            self._telnet = _DATA
+        else:
+            self._telnet = _SUBNEGOTIATION  # IAC IAC inside it, or a stray IAC: still inside
+        self._pos += 1
+        return True
+
+    def _pay_for_command(self, max_tokens: int) -> bool:
+        """A whole Telnet command costs one token, as a line does, and one unit of work."""
+        if self._tokens >= max_tokens:
+            return False
+        self._tokens += 1
+        self._work += 1
         return True
 
     def _drop_unfinished_if_done(self) -> None:

@@ -20,7 +20,8 @@ is in this table, and nowhere else::
     AWAITING_LOGIN  LOGIN with a free valid name  LOGGED_IN (OK)
     AWAITING_LOGIN  a line that looks like HTTP   CLOSING  (no reply)
     any but CLOSING QUIT or EXIT                  CLOSING  (Goodbye!)
-    any but CLOSING IdleTimedOut                  CLOSING  (ERR idle-timeout)
+    any but CLOSING IdleTimedOut, or one of the   CLOSING  (ERR idle-timeout)
+                    ConnectionsTimedOut
     any but CLOSING ShutdownStarted               CLOSING  (ERR server-shutting-down)
     any             ConnectionClosed(s)           (forgotten)
 
@@ -57,6 +58,7 @@ from .events import (
     ConnectionClosed,
     ConnectionOpened,
     ConnectionsClosed,
+    ConnectionsTimedOut,
     ConnId,
     Event,
     IdleTimedOut,
@@ -65,7 +67,7 @@ from .events import (
     ShutdownStarted,
     TelnetOptionRequested,
 )
-from .names import Username, name_key, parse_username
+from .names import Username, maybe_name_key, parse_username
 from .text import WHITESPACE, clean_text, is_utf8, split_word
 
 
@@ -158,6 +160,7 @@ class ChatMachine:
             LineTooLong: self._line_too_long,
             TelnetOptionRequested: self._telnet_option_requested,
             IdleTimedOut: self._idle_timed_out,
+            ConnectionsTimedOut: self._connections_timed_out,
             ConnectionClosed: self._connection_closed,
             ConnectionsClosed: self._connections_closed,
             ShutdownStarted: self._shutdown_started,
@@ -254,13 +257,27 @@ class ChatMachine:
         return [Reply(event.conn, wire.telnet_refusal(event.command, event.option))]
 
     def _idle_timed_out(self, event: IdleTimedOut) -> list[Effect]:
-        conn = event.conn
-        session = self._session(conn)
-        if session.state is CLOSING:
-            return []
-        effects: list[Effect] = [Reply(conn, _ERR_IDLE_TIMEOUT)]
-        effects += self._leave(conn, session)
-        effects.append(Close(conn, CloseReason.IDLE_TIMEOUT))
+        return self._time_out((event.conn,))
+
+    def _connections_timed_out(self, event: ConnectionsTimedOut) -> list[Effect]:
+        return self._time_out(event.conns)
+
+    def _time_out(self, conns: Sequence[ConnId]) -> list[Effect]:
+        """Close idle connections as one departure: ERR to each, one INFO per leaver to the rest."""
+        sessions = self._open_sessions(conns)
+        effects: list[Effect] = []
+        leavers = []
+        closing = []
+        for conn, session in zip(conns, sessions, strict=True):
+            if session.state is CLOSING:
+                continue
+            effects.append(Reply(conn, _ERR_IDLE_TIMEOUT))
+            member = self._remove_member(conn, session)
+            if member is not None:
+                leavers.append(member)
+            closing.append(conn)
+        effects += self._announce_departures(leavers)
+        effects += [Close(conn, CloseReason.IDLE_TIMEOUT) for conn in closing]
         return effects
 
     def _connection_closed(self, event: ConnectionClosed) -> list[Effect]:
@@ -271,10 +288,7 @@ class ChatMachine:
 
     def _forget(self, conns: Sequence[ConnId]) -> list[Effect]:
         """Drop connections that ended together; tell the users who remain about each."""
-        for conn in conns:
-            self._session(conn)  # every one must be open: check before changing anything
-        if len(set(conns)) != len(conns):
-            raise ProtocolUsageError(f"a connection is reported closed twice: {conns!r}")
+        self._open_sessions(conns)  # check every one before changing anything
         leavers = []
         for conn in conns:
             session = self._sessions.pop(conn)
@@ -342,7 +356,8 @@ class ChatMachine:
         text = clean_text(text)
         if not target_name or not text:
             return [Reply(conn, _ERR_MISSING_TEXT)]
-        target = self._conn_by_key.get(name_key(target_name))
+        key = maybe_name_key(target_name)
+        target = None if key is None else self._conn_by_key.get(key)
         if target is None:
             return [Reply(conn, _ERR_USER_NOT_FOUND)]
         return [Deliver(target, self._members[conn].dm_prefix + text + b"\n")]
@@ -357,6 +372,13 @@ class ChatMachine:
         return effects
 
     # -- membership --------------------------------------------------------
+
+    def _open_sessions(self, conns: Sequence[ConnId]) -> list[_Session]:
+        """The sessions of ``conns``, which must be open and distinct (the event contract)."""
+        sessions = [self._session(conn) for conn in conns]
+        if len(set(conns)) != len(conns):
+            raise ProtocolUsageError(f"a connection is reported twice in one event: {conns!r}")
+        return sessions
 
     def _session(self, conn: ConnId) -> _Session:
         try:

@@ -13,6 +13,26 @@ and ``ｎａｍａｎ`` one name, and a composed and a decomposed ``José`` too.
 
 Almost every name is ASCII, where NFKC is the identity and casefold is
 ``lower()``; that case takes a fast path with the same result.
+
+Bounded work
+------------
+NFKC can expand a code point 18-fold (U+FDFA is 18 code points), so
+normalising a 4 KB argument costs milliseconds.  Nothing that long can be a
+name, and Unicode's own limits say exactly how long is too long:
+
+* normalisation never removes a code point: every code point decomposes to
+  one or more, so ``len(text) <= len(NFKD(text))``;
+* ``NFKD(text) == NFD(NFKC(text))``, and NFD turns each code point of the
+  NFKC form into at most ``MAX_DECOMPOSITION`` code points (4 in Unicode 14
+  to 16, e.g. U+1F82, and a test checks the running version);
+* so a text whose NFKC form is a name (at most 32 code points) has at most
+  ``32 * 4 = 128`` code points, and at most ``128 * 4 = 512`` bytes of
+  UTF-8.
+
+An argument over either bound is refused before it is normalised (or even
+decoded, for the byte bound): LOGIN gets ``invalid-username`` and DM
+``user-not-found``, exactly what normalising it would have given.  So the
+work per line stays linear in the line, with a small constant.
 """
 
 from __future__ import annotations
@@ -22,6 +42,12 @@ import unicodedata
 from dataclasses import dataclass
 
 MAX_NAME_LENGTH = 32
+MAX_DECOMPOSITION = 4
+"""The longest canonical decomposition of one code point (see Bounded work)."""
+MAX_NAME_CODE_POINTS = MAX_NAME_LENGTH * MAX_DECOMPOSITION
+"""No text longer than this, in code points, normalises to a valid name."""
+MAX_NAME_BYTES = MAX_NAME_CODE_POINTS * 4
+"""No text longer than this, in bytes of UTF-8, normalises to a valid name."""
 
 _ASCII_NAME = re.compile(rb"[A-Za-z0-9_.\-]{1,%d}" % MAX_NAME_LENGTH)
 _PUNCTUATION = frozenset("_-.")
@@ -43,7 +69,10 @@ def parse_username(raw: bytes) -> Username | None:
             return None
         display = raw.decode("ascii")
         return Username(display, display.lower(), raw)
-    display = unicodedata.normalize("NFKC", raw.decode("utf-8"))
+    text = _maybe_short_enough(raw)
+    if text is None:
+        return None
+    display = unicodedata.normalize("NFKC", text)
     if not is_valid_display_name(display):
         return None
     return Username(display, _key_of_nfkc(display), display.encode("utf-8"))
@@ -66,11 +95,34 @@ def _allowed(char: str) -> bool:
 def name_key(raw: bytes) -> str:
     """The comparison key of any text (valid UTF-8), a valid name or not.
 
-    DM looks its target up by this key, so ``DM NAMAN hi`` reaches ``Naman``.
+    Its cost grows with the text (see Bounded work): for a text that may be
+    anything, use ``maybe_name_key``.
     """
     if raw.isascii():
         return raw.decode("ascii").lower()
     return _key_of_nfkc(unicodedata.normalize("NFKC", raw.decode("utf-8")))
+
+
+def maybe_name_key(raw: bytes) -> str | None:
+    """The key of ``raw`` (valid UTF-8), or ``None`` if no name can have it.
+
+    DM looks its target up by this key, so ``DM NAMAN hi`` reaches ``Naman``;
+    a target too long to be anybody's name is not normalised at all.
+    """
+    if raw.isascii():
+        return raw.decode("ascii").lower() if len(raw) <= MAX_NAME_LENGTH else None
+    text = _maybe_short_enough(raw)
+    if text is None:
+        return None
+    return _key_of_nfkc(unicodedata.normalize("NFKC", text))
+
+
+def _maybe_short_enough(raw: bytes) -> str | None:
+    """``raw`` decoded, or ``None`` if it is too long to normalise to a name."""
+    if len(raw) > MAX_NAME_BYTES:
+        return None
+    text = raw.decode("utf-8")
+    return text if len(text) <= MAX_NAME_CODE_POINTS else None
 
 
 def _key_of_nfkc(name: str) -> str:

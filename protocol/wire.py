@@ -58,12 +58,14 @@ def disconnected(name: bytes) -> bytes:
     return b"INFO " + name + b" disconnected\n"
 
 
-# Telnet (RFC 854) command bytes.
+# Telnet (RFC 854) command bytes: the framer recognises them, the machine answers.
 IAC = 255
 DONT = 254
 DO = 253
 WONT = 252
 WILL = 251
+SB = 250  # subnegotiation begins
+SE = 240  # subnegotiation ends; the lowest command byte
 
 
 def telnet_refusal(command: int, option: int) -> bytes:

@@ -122,6 +122,11 @@ class Timer:
     def pending(self) -> bool:
         return self._wheel is not None
 
+    def cancel(self) -> None:
+        """Disarm it wherever it is pending; one that is not pending is left alone."""
+        if self._wheel is not None:
+            self._wheel.cancel(self)
+
     def __repr__(self) -> str:
         state = f"deadline={self._deadline!r}" if self.pending else "idle"
         return f"<Timer {state} payload={self.payload!r}>"
@@ -179,10 +184,6 @@ class TimerWheel:
         self._wake_tick: int | None = None  # cached next non-empty tick
         self._wake_boundary: tuple = (None, 0.0)  # (tick, its boundary): called every loop turn
         self._seq = itertools.count()
-
-    @property
-    def tick(self) -> float:
-        return self._tick
 
     def __len__(self) -> int:
         return self._slotted + len(self._overdue)

@@ -255,6 +255,17 @@ class ChatModel:
             self._close(conn, "idle-timeout")
         return self._done()
 
+    def idle_together(self, conns: list[Conn]) -> Expected:
+        """Several idle timeouts at once: one departure, as for closes."""
+        going = [conn for conn in conns if not self._gone(conn)]
+        leaving = [self.names[conn] for conn in going if self.state[conn] == LOGGED_IN]
+        for conn in going:
+            self._reply(conn, "ERR idle-timeout")
+            self._close(conn, "idle-timeout", tell_others=False)
+        for name in leaving:
+            self._tell_others(None, f"INFO {name} disconnected")
+        return self._done()
+
     def closed(self, conn: Conn) -> Expected:
         assert conn in self.state, "model misuse: close of a conn not open"
         if self.state[conn] == LOGGED_IN:

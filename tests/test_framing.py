@@ -151,13 +151,39 @@ def test_tokens_bound_the_lines_taken_and_the_rest_waits():
     assert not framer.pending
 
 
-def test_work_bounds_telnet_commands_which_cost_no_tokens():
+def test_every_telnet_command_costs_a_token_and_a_unit_of_work():
     framer = LineFramer("c")
     framer.feed(bytes([IAC, NOP]) * 10 + b"x\n")
     taken = framer.take(UNLIMITED, 4)
-    assert taken.tokens == 0 and framer.pending
+    assert taken.tokens == 4 and framer.pending
     taken = framer.take(UNLIMITED, UNLIMITED)
-    assert taken.events == [LineReceived("c", b"x")] and taken.tokens == 1
+    assert taken.events == [LineReceived("c", b"x")] and taken.tokens == 7
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        bytes([IAC, NOP]),
+        bytes([IAC, IP]),
+        bytes([IAC, DO, 1]),
+        bytes([IAC, WONT, 1]),
+        bytes([IAC, SB, 24, 0]) + b"xterm" + bytes([IAC, SE]),
+    ],
+    ids=["NOP", "IP", "DO", "WONT", "subnegotiation"],
+)
+def test_a_stream_of_telnet_commands_is_paced_like_a_stream_of_lines(command):
+    framer = LineFramer("c")
+    framer.feed(command * 5)
+    assert framer.take(2, UNLIMITED).tokens == 2 and framer.pending
+    assert framer.take(0, UNLIMITED).tokens == 0 and framer.pending  # no token, no progress
+    assert framer.take(3, UNLIMITED).tokens == 3 and not framer.pending
+
+
+def test_an_unfinished_telnet_command_abandoned_at_lf_costs_only_the_line():
+    framer = LineFramer("c")
+    framer.feed(bytes([IAC, DO]) + b"\n" + bytes([IAC, SB, 24]) + b"junk\n")
+    taken = framer.take(UNLIMITED, UNLIMITED)
+    assert taken.tokens == 2 and taken.lines == 2
 
 
 def test_feeding_while_bytes_are_pending_keeps_their_order():
@@ -232,73 +258,94 @@ def test_a_telnet_command_split_across_feeds_is_still_removed():
 # -- properties against a reference model ----------------------------------------
 
 
-def reference(stream: bytes, max_line: int):
-    """A byte-at-a-time statement of the framing rules, with no budgets.
+class _Reference:
+    """A byte-at-a-time statement of the framing rules, with no budgets."""
 
-    Returns the events, the tokens they cost and the complete lines seen.
-    """
-    events, line = [], bytearray()
-    overlong, overlong_bytes, tokens, complete = False, 0, 0, 0
-    state, verb = "data", 0
+    def __init__(self, max_line: int) -> None:
+        self.max_line = max_line
+        self.events: list = []
+        self.line = bytearray()
+        self.overlong, self.overlong_bytes = False, 0
+        self.tokens = self.complete = 0
+        self.state, self.verb = "data", 0
 
-    def data_byte(byte):
-        nonlocal overlong, overlong_bytes
-        if overlong:
-            overlong_bytes += 1
-        elif len(line) == max_line:
-            events.append(LineTooLong("c"))
-            overlong, overlong_bytes = True, max_line + 1
-            line.clear()
+    def data_byte(self, byte: int) -> None:
+        if self.overlong:
+            self.overlong_bytes += 1
+        elif len(self.line) == self.max_line:
+            self.events.append(LineTooLong("c"))
+            self.overlong, self.overlong_bytes = True, self.max_line + 1
+            self.line.clear()
         else:
-            line.append(byte)
+            self.line.append(byte)
 
-    i = 0
-    while i < len(stream):
-        byte = stream[i]
-        if state == "command":
-            if byte == IAC or byte < SE:
-                data_byte(IAC)
-                state = "data"
-                i += 1 if byte == IAC else 0
+    def end_line(self) -> None:
+        self.complete += 1
+        if self.overlong:
+            self.tokens += self.overlong_bytes // self.max_line
+            self.overlong = False
+        else:
+            self.tokens += 1
+            text = bytes(self.line)
+            self.events.append(LineReceived("c", text[:-1] if text.endswith(b"\r") else text))
+        self.line.clear()
+
+    def command_byte(self, byte: int) -> bool:
+        """One byte after IAC; False if it is data to read again."""
+        if byte == IAC or byte < SE:
+            self.data_byte(IAC)
+            self.state = "data"
+            return byte == IAC
+        self.state = "option" if WILL <= byte <= DONT else "sub" if byte == SB else "data"
+        if self.state == "data":
+            self.tokens += 1  # a two-byte command
+        self.verb = byte
+        return True
+
+    def telnet_byte(self, byte: int) -> bool:
+        """One byte inside an option or subnegotiation; False if it is data to read again."""
+        if byte == 10:
+            self.state = "data"  # abandoned, unpaid
+            return False
+        if self.state == "option":
+            if self.verb in (DO, WILL):
+                self.events.append(TelnetOptionRequested("c", self.verb, byte))
+            self.tokens += 1
+            self.state = "data"
+        elif self.state == "sub":
+            self.state = "sub-iac" if byte == IAC else "sub"
+        elif byte == SE:  # sub-iac
+            self.tokens += 1
+            self.state = "data"
+        else:
+            self.state = "sub"
+        return True
+
+    def run(self, stream: bytes):
+        i = 0
+        while i < len(stream):
+            byte = stream[i]
+            if self.state == "command":
+                i += self.command_byte(byte)
                 continue
-            state = "option" if WILL <= byte <= DONT else "sub" if byte == SB else "data"
-            verb = byte
+            if self.state != "data" and self.telnet_byte(byte):
+                i += 1
+                continue
             i += 1
-            continue
-        if state != "data" and byte == 10:
-            state = "data"
-        elif state == "option":
-            if verb in (DO, WILL):
-                events.append(TelnetOptionRequested("c", verb, byte))
-            state = "data"
-            i += 1
-            continue
-        elif state == "sub":
-            state = "sub-iac" if byte == IAC else "sub"
-            i += 1
-            continue
-        elif state == "sub-iac":
-            state = "data" if byte == SE else "sub"
-            i += 1
-            continue
-        i += 1
-        if byte == IAC:
-            state = "command"
-        elif byte == 10:
-            complete += 1
-            if overlong:
-                tokens += overlong_bytes // max_line
-                overlong = False
+            if byte == IAC:
+                self.state = "command"
+            elif byte == 10:
+                self.end_line()
             else:
-                tokens += 1
-                text = bytes(line)
-                events.append(LineReceived("c", text[:-1] if text.endswith(b"\r") else text))
-            line.clear()
-        else:
-            data_byte(byte)
-    if overlong:
-        tokens += overlong_bytes // max_line
-    return events, tokens, complete
+                self.data_byte(byte)
+        if self.overlong:
+            self.tokens += self.overlong_bytes // self.max_line
+        return self.events, self.tokens, self.complete
+
+
+def reference(stream: bytes, max_line: int):
+    """The events, the tokens they cost and the complete lines seen, by the rules."""
+    return _Reference(max_line).run(stream)
 
 
 streams = st.lists(

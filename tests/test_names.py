@@ -18,7 +18,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.names import MAX_NAME_LENGTH, is_valid_display_name, name_key, parse_username
+from protocol.names import (
+    MAX_DECOMPOSITION,
+    MAX_NAME_BYTES,
+    MAX_NAME_CODE_POINTS,
+    MAX_NAME_LENGTH,
+    is_valid_display_name,
+    maybe_name_key,
+    name_key,
+    parse_username,
+)
 from protocol.text import clean_text, split_word
 
 # ---------------------------------------------------------------------------
@@ -242,6 +251,70 @@ def test_parse_username_follows_the_rule(text):
     else:
         assert name is not None
         assert (name.display, name.key, name.wire) == (shown, spec_key(shown), shown.encode())
+
+
+# -- the bound on work: arguments too long to be a name are never normalised --
+
+
+def test_no_code_point_decomposes_into_more_than_the_bound():
+    """The constant the bound rests on, checked on this Python's Unicode version."""
+    longest = max(len(unicodedata.normalize("NFD", chr(cp))) for cp in CODE_POINTS)
+    assert longest == MAX_DECOMPOSITION
+    assert MAX_NAME_CODE_POINTS == MAX_NAME_LENGTH * MAX_DECOMPOSITION
+    assert MAX_NAME_BYTES == 4 * MAX_NAME_CODE_POINTS
+
+
+# Characters that NFKC merges or grows: bases that compose with marks, the
+# marks themselves, Hangul jamo (three of them make one syllable), ligatures
+# and the 18-fold U+FDFA, and the longest canonical decompositions.
+_COMPOSING = st.sampled_from(
+    "aeoA\u03b1\u1100\u1161\u11a8\u0301\u0313\u0300\u0345\u0323\u0307"
+    "\ufb03\ufdfa\u1f82\u2460\uff41\u3392_-."
+)
+
+
+@given(st.text(alphabet=_COMPOSING, min_size=MAX_NAME_CODE_POINTS + 1, max_size=MAX_NAME_CODE_POINTS + 40))
+def test_no_argument_over_the_bound_normalises_to_a_valid_name(text):
+    """The theorem itself, on the unguarded path: longer than the bound is never a name."""
+    assert not is_valid_display_name(unicodedata.normalize("NFKC", text))
+    assert parse_username(text.encode()) is None
+    assert maybe_name_key(text.encode()) is None
+
+
+@given(st.text(alphabet=_COMPOSING, max_size=MAX_NAME_CODE_POINTS))
+def test_within_the_bound_the_guard_changes_nothing(text):
+    raw = text.encode()
+    assert len(raw) <= MAX_NAME_BYTES
+    assert maybe_name_key(raw) == name_key(raw)
+    shown = spec_display(raw)
+    name = parse_username(raw)
+    assert (None if name is None else name.display) == shown
+
+
+def test_the_longest_name_in_the_most_decomposed_form_is_still_a_name():
+    """The bound is tight enough: 32 letters, each written as 4 code points."""
+    letter = unicodedata.normalize("NFD", "\u1f82")
+    assert len(letter) == MAX_DECOMPOSITION
+    raw = (letter * MAX_NAME_LENGTH).encode()
+    assert len(raw.decode()) == MAX_NAME_CODE_POINTS
+    name = parse_username(raw)
+    assert name is not None and name.display == "\u1f82" * MAX_NAME_LENGTH
+    assert maybe_name_key(raw) == name.key
+
+
+@pytest.mark.parametrize(
+    "argument",
+    ["\ufdfa" * 1363, "\u00e9" * 2000, "a" * 4000, "\u0301" * 129],
+    ids=["U+FDFA x1363", "e-acute x2000", "a x4000", "combining acute x129"],
+)
+def test_an_overlong_argument_is_refused_without_normalising(argument, monkeypatch):
+    calls = []
+    real = unicodedata.normalize
+    monkeypatch.setattr(unicodedata, "normalize", lambda form, text: calls.append(len(text)) or real(form, text))
+    raw = argument.encode()
+    assert parse_username(raw) is None
+    assert maybe_name_key(raw) is None
+    assert calls == []
 
 
 def test_every_single_code_point():

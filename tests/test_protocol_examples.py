@@ -20,9 +20,11 @@ from helpers import Chat
 from protocol import (
     Broadcast,
     CloseReason,
+    ConnectionsTimedOut,
     Deliver,
     IdleTimedOut,
     LineTooLong,
+    ProtocolUsageError,
     Reply,
     ShutdownStarted,
     TelnetOptionRequested,
@@ -729,6 +731,36 @@ def test_idle_timeout_before_login_informs_nobody():
     assert chat.closed() == [("anon", CloseReason.IDLE_TIMEOUT)]
     chat.close("anon")
     assert chat.outputs() == {}
+
+
+def test_idle_timeouts_of_one_turn_are_one_departure():
+    chat = room("Naman", "Yudi", "Ana")
+    chat.open("anon")
+    chat.event(ConnectionsTimedOut(("Naman", "anon", "Yudi")))
+    assert chat.outputs() == {
+        "Naman": err("idle-timeout"),  # nothing about Yudi: both are leaving
+        "Yudi": err("idle-timeout"),
+        "anon": err("idle-timeout"),
+        "Ana": b"INFO Naman disconnected\nINFO Yudi disconnected\n",
+    }
+    assert chat.closed() == [
+        ("Naman", CloseReason.IDLE_TIMEOUT),
+        ("anon", CloseReason.IDLE_TIMEOUT),
+        ("Yudi", CloseReason.IDLE_TIMEOUT),
+    ]
+    assert chat.machine.usernames() == ["Ana"]
+
+
+def test_a_batch_of_timeouts_skips_connections_already_closing_and_checks_the_contract():
+    chat = room("Naman", "Yudi")
+    chat.send("Naman", b"QUIT")
+    chat.outputs(), chat.closed()
+    chat.event(ConnectionsTimedOut(("Naman", "Yudi")))
+    assert chat.outputs() == {"Yudi": err("idle-timeout")}
+    with pytest.raises(ProtocolUsageError):
+        chat.event(ConnectionsTimedOut(("Yudi", "Yudi")))
+    with pytest.raises(ProtocolUsageError):
+        chat.event(ConnectionsTimedOut(("nobody",)))
 
 
 def test_idle_timeout_line_is_the_last_line():

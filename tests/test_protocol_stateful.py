@@ -43,6 +43,7 @@ from protocol import (
     ConnectionClosed,
     ConnectionOpened,
     ConnectionsClosed,
+    ConnectionsTimedOut,
     Deliver,
     IdleTimedOut,
     LineReceived,
@@ -107,6 +108,8 @@ def step(machine: ChatMachine, model: ChatModel, event) -> None:
         expected = model.closed(event.conn)
     elif isinstance(event, ConnectionsClosed):
         expected = model.closed_together(list(event.conns))
+    elif isinstance(event, ConnectionsTimedOut):
+        expected = model.idle_together(list(event.conns))
     elif isinstance(event, ShutdownStarted):
         expected = model.shutdown()
     else:  # pragma: no cover
@@ -297,6 +300,12 @@ class ChatComparison(RuleBasedStateMachine):
             self.send(TelnetOptionRequested(conn, *request))
         else:
             self.send(IdleTimedOut(conn))
+
+    @rule(first=conns, second=conns, third=st.one_of(st.none(), conns))
+    def idle_together(self, first, second, third):
+        """Several idle deadlines fall due in one turn of the loop."""
+        together = list(dict.fromkeys(c for c in (first, second, third) if c is not None))
+        self.send(ConnectionsTimedOut(tuple(together)))
 
     @rule(conn=consumes(conns))
     def close(self, conn):

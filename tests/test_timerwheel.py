@@ -475,11 +475,14 @@ def test_a_timer_belongs_to_one_wheel_at_a_time():
     assert second.advance(2.0) == [timer]
 
 
-def test_tick_is_read_only():
+def test_a_timer_cancels_itself_on_the_wheel_that_holds_it():
     wheel = TimerWheel(0.0, tick=0.25)
-    assert wheel.tick == 0.25
-    with pytest.raises(AttributeError):
-        wheel.tick = 1.0
+    timer = Timer("t")
+    timer.cancel()  # not pending: a no-op
+    wheel.schedule(timer, 1.0)
+    timer.cancel()
+    assert not timer.pending and len(wheel) == 0
+    assert wheel.advance(2.0) == []
 
 
 def test_timers_are_slotted_and_keep_their_payload():
