@@ -146,6 +146,11 @@ class LineFramer:
         self._drop_unfinished_if_done()
 
     @property
+    def ended(self) -> bool:
+        """Whether ``end_of_stream`` was called: no more bytes will come."""
+        return self._ended
+
+    @property
     def pending(self) -> bool:
         """Whether stored bytes wait to be parsed (a budget ran out)."""
         return self._pos < len(self._data)

@@ -1,14 +1,52 @@
-"""One client connection as the reactor sees it: a socket, its buffers, its timers.
+"""One client connection as the reactor sees it: a socket, its buffers, its timers, its phase.
 
+Theory of operation
+-------------------
 A ``Connection`` is also the connection id the protocol machine is given:
 the machine only hashes and compares ids, and identity is exactly what we
 want, so no table maps one to the other.
 
-Output is a list of byte pieces (``bytes`` or ``memoryview``) waiting to be
-sent, oldest first.  ``send_queued`` makes one system call for all of it:
-``sendmsg`` with every piece where the platform has it (POSIX), one joined
-``send`` where it does not (Windows).  A partial send keeps the unsent tail
-as a ``memoryview`` slice, so nothing is copied twice.
+Lifecycle.  A connection is in exactly one ``Phase``, and every change of
+phase is one of the methods in the table; nothing else assigns ``phase``::
+
+    phase       what happened                                method          next
+    ----------  -------------------------------------------  --------------  ---------
+    OPEN        the peer ended its stream (recv gave b"")    input_ended()   DRAINING
+    OPEN or     the machine asked for a close after a        begin_flush()   FLUSHING
+    DRAINING    flush, or the drained input is all handled
+    FLUSHING    output flushed, and the peer may still send  linger()        LINGERING
+    FLUSHING    output flushed, and the peer already ended   close()         CLOSED
+    LINGERING   the peer's end of stream, or a read error    close()         CLOSED
+    any         a reset, a slow consumer, the HTTP guard,    close()         CLOSED
+                a deadline, shutdown
+
+What each phase allows:
+
+- OPEN: read, handle input, send.  Reading pauses (the phase stays) while
+  parsed input waits or unsent output is over ``--max-output``.
+- DRAINING: the peer sent its last byte; the complete lines it sent are
+  still handled and answered.
+- FLUSHING: no more input is read or handled; queued output goes out until
+  the flush deadline.
+- LINGERING: our side is shut for writing; input is read and thrown away
+  until the peer's end of stream, so closing cannot make the kernel send a
+  reset that destroys the last line in flight.
+- CLOSED: the socket is closed; output for it is dropped.
+
+The phases are ordered, so the loop asks one question with one comparison:
+``phase < FLUSHING`` (input is still handled), ``phase < LINGERING``
+(output is still sent).  Close, linger and interest handling live here, as
+they do in asyncio's transports; *when* to do them is the loop's decision
+(``reactor.loop``, ``reactor.closing``).
+
+Output.  Output is a list of byte pieces (``bytes`` or ``memoryview``)
+waiting to be sent, oldest first.  ``send_queued`` makes one system call for
+all of it: ``sendmsg`` with every piece where the platform has it (POSIX),
+one joined ``send`` where it does not (Windows).  A partial send keeps the
+unsent tail as a ``memoryview`` slice, so nothing is copied twice.  The
+first send of a turn's output, on an empty queue, is the loop's
+(``Reactor._send_to``): one loop for a broadcast's recipients and a single
+reply alike, so there is one send path.
 
 How much of the unsent output is *replies to the client's own commands*
 decides whether it is a slow consumer (protocol.md, Limits), so each turn's
@@ -17,22 +55,24 @@ stream and how many reply bytes it holds.  A chunk's replies stop counting
 once the whole chunk is sent.  That over-counts by at most the replies of
 the one chunk being sent, and never lets credit build up: replies that were
 sent are not counted again.
-
-The class holds state and the socket calls on it; deciding *when* to read,
-write or close is the loop's job (``reactor.loop``).
 """
 
 from __future__ import annotations
 
+import enum
+import selectors
 import socket
 from collections import deque
 
-from protocol import LineFramer
+from protocol import Event, LineFramer
 
 from .ratelimit import TokenBucket
-from .timerwheel import Timer
+from .timers import CloseTimer, FloodTimer, IdleTimer
 
 Piece = bytes | memoryview
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
 
 _HAVE_SENDMSG = hasattr(socket.socket, "sendmsg")
 _IOV_MAX = 512  # pieces per sendmsg; POSIX guarantees at least 16, Linux and macOS allow 1024
@@ -40,6 +80,19 @@ _IOV_MAX = 512  # pieces per sendmsg; POSIX guarantees at least 16, Linux and ma
 
 class PeerGone(Exception):
     """The peer reset the connection or the socket failed; close it now."""
+
+
+class Phase(enum.IntEnum):
+    """Where a connection stands in its life; ordered, see the module's table."""
+
+    OPEN = 0
+    DRAINING = 1
+    FLUSHING = 2
+    LINGERING = 3
+    CLOSED = 4
+
+
+OPEN, DRAINING, FLUSHING, LINGERING, CLOSED = Phase
 
 
 class Connection:
@@ -57,14 +110,13 @@ class Connection:
         "reply_chunks",
         "last_active",
         "idle_timer",
-        "timer",
+        "flood_timer",
+        "close_timer",
         "mask",
-        "eof",
-        "closing",
-        "lingering",
-        "closed",
+        "phase",
         "reported",
-        "carried",
+        "unhandled",
+        "_selector",
     )
 
     def __init__(
@@ -74,6 +126,7 @@ class Connection:
         max_line: int,
         bucket: TokenBucket | None,
         now: float,
+        selector: selectors.BaseSelector,
     ) -> None:
         self.sock = sock
         self.peer = peer  # (host, port), for the log
@@ -88,18 +141,95 @@ class Connection:
         self.reply_bytes = 0
         self.reply_chunks: deque[tuple[int, int]] | None = None  # made when needed
         self.last_active = now  # when the last complete line arrived
-        self.idle_timer: Timer | None = None
-        self.timer: Timer | None = None  # flood-control resume, or the close deadline
+        self.idle_timer: IdleTimer | None = None
+        self.flood_timer: FloodTimer | None = None
+        self.close_timer: CloseTimer | None = None
         self.mask = 0  # selector events registered; 0 = not registered
-        self.eof = False  # the peer will send no more
-        self.closing = False  # close once output is flushed (or the deadline passes)
-        self.lingering = False  # our side is shut; discarding input until the peer's FIN
-        self.closed = False
-        self.reported = False  # the machine has been told ConnectionClosed
-        self.carried = False  # parsed input waits for the next turn (work budget)
+        self.phase = OPEN
+        self.reported = False  # the machine has been told it ended
+        # Parsed events left unhandled when its output passed the limit mid-turn.
+        self.unhandled: list[Event] | None = None
+        self._selector = selector
 
     def __repr__(self) -> str:
-        return f"<Connection {self.peer!r}{' closed' if self.closed else ''}>"
+        return f"<Connection {self.peer!r} {self.phase.name.lower()}>"
+
+    # -- lifecycle (the table in the module docstring) ------------------------
+
+    def input_ended(self) -> None:
+        """The peer will send no more: handle what it sent, then close."""
+        self.framer.end_of_stream()
+        if self.phase is OPEN:
+            self.phase = DRAINING
+
+    def begin_flush(self) -> bool:
+        """Stop handling input and close once output is flushed; False if already closing."""
+        if self.phase >= FLUSHING:
+            return False
+        self.phase = FLUSHING
+        for timer in (self.idle_timer, self.flood_timer):
+            if timer is not None:
+                timer.cancel()
+        return True
+
+    def linger(self) -> bool:
+        """Output is flushed: shut our side and wait for the peer's; False if that failed."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return False
+        self.phase = LINGERING
+        return True
+
+    def close(self) -> None:
+        """Close the socket now; queued output is dropped."""
+        self.phase = CLOSED
+        for timer in (self.idle_timer, self.flood_timer, self.close_timer):
+            if timer is not None:
+                timer.cancel()
+        if self.mask:
+            self._selector.unregister(self.sock)
+            self.mask = 0
+        self.sock.close()
+        self.queue.clear()
+        self.queued = 0
+        self.unhandled = None
+
+    @property
+    def peer_ended(self) -> bool:
+        """Whether the peer has ended its stream."""
+        return self.framer.ended
+
+    # -- interest ----------------------------------------------------------------
+
+    @property
+    def input_waiting(self) -> bool:
+        """Whether input it sent waits to be handled (parsed or not)."""
+        return self.unhandled is not None or self.framer.pending
+
+    def update_interest(self, max_output: int) -> None:
+        """Register exactly the events it can act on now."""
+        phase = self.phase
+        if phase is CLOSED:
+            return
+        mask = 0
+        if phase is LINGERING or (
+            phase is OPEN and not self.input_waiting and self.queued <= max_output
+        ):
+            mask = READ
+        if self.queue:
+            mask |= WRITE
+        if mask == self.mask:
+            return
+        if not mask:
+            self._selector.unregister(self.sock)
+        elif not self.mask:
+            self._selector.register(self.sock, mask, self)
+        else:
+            self._selector.modify(self.sock, mask, self)
+        self.mask = mask
+
+    # -- output ------------------------------------------------------------------
 
     @property
     def foreign_bytes(self) -> int:
@@ -111,22 +241,6 @@ class Connection:
         self.queue.extend(pieces)
         self.queued += sum(map(len, pieces))
         self._count_replies(reply_bytes)
-
-    def send_now(self, data: bytes, reply_bytes: int) -> None:
-        """Send ``data`` on an empty queue; what the kernel does not take is queued.
-
-        Raises ``PeerGone`` if the connection is broken.  ``Reactor._share_run``
-        has this written out in its loop: change one, change both.
-        """
-        try:
-            sent = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as error:
-            raise PeerGone(error) from None
-        self.written += sent
-        if sent < len(data):
-            self.keep_unsent(data, sent, reply_bytes)
 
     def keep_unsent(self, data: bytes, sent: int, reply_bytes: int) -> None:
         """Queue what the kernel did not take of ``data`` (sent on an empty queue)."""

@@ -1,15 +1,17 @@
-"""How the daemon logs: the seed's line format, written once per loop turn.
+"""How the daemon logs: the seed's line format, connection lines written once per turn.
 
 INFO lines are bare (``New connection from ('127.0.0.1', 52341)``, as the
 seed printed them); other levels carry their name (``WARNING: ...``).
 
-Two records per connection sit on the accept path, and a write system call
-per record would make logging the most expensive part of accepting a
-client.  So records are formatted at once but held in memory, and the loop
-writes them out in one call at the end of each turn (``TurnBufferedHandler
-.flush``), before it sleeps again.  A turn lasts milliseconds, so nothing is
-seen late; WARNING and above, and anything logged outside the loop, are
-written at once anyway.
+Two lines per connection sit on the accept path, and a log record per line
+(a ``LogRecord``, a format, a write system call) would make logging the most
+expensive part of accepting a client.  So the loop does not log them one by
+one: it *notes* them in a ``TurnLog``, a plain list, and at the end of each
+turn writes them all as one record, before it sleeps again.  A turn lasts
+milliseconds, so nothing is seen late.  Every other record goes through
+``TurnLog.log``, which writes the turn's notes first so the order on stderr
+is the order of events.  That is the one mechanism; the handler itself
+writes each record as it comes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 from typing import TextIO
 
 LOGGER_NAME = "chat"
+"""The logger every part of the server logs to."""
 
 
 class LineFormatter(logging.Formatter):
@@ -33,44 +36,49 @@ class LineFormatter(logging.Formatter):
         return f"{record.levelname}: {message}"
 
 
-class TurnBufferedHandler(logging.Handler):
-    """Holds formatted INFO and DEBUG lines until ``flush``; writes the rest at once."""
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record at once; a closed or broken stream never stops the server."""
 
-    def __init__(self, stream: TextIO) -> None:
-        super().__init__()
-        self._stream = stream
-        self._pending: list[str] = []
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass  # stderr gone (a closed pipe, a full disk): drop the line, keep serving
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self._pending.append(self.format(record) + "\n")
-        except Exception:  # logging must never take the server down
-            self.handleError(record)
+
+class TurnLog:
+    """Connection lines held for one loop turn, then logged as one record."""
+
+    __slots__ = ("_logger", "_notes")
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._notes: list[str] = []
+
+    def note(self, line: str) -> None:
+        """An INFO line about a connection, written at the end of the turn."""
+        self._notes.append(line)
+
+    def log(self, level: int, message: str, *args: object, exc_info: bool = False) -> None:
+        """Any other record, after the notes it may refer to."""
+        if not self._logger.isEnabledFor(level):
             return
-        if record.levelno >= logging.WARNING:
-            self.flush()
+        self.flush()
+        self._logger.log(level, message, *args, exc_info=exc_info)
 
     def flush(self) -> None:
-        """Write what is held in one call; cheap when nothing is."""
-        if not self._pending:
-            return
-        text, self._pending = "".join(self._pending), []
-        try:
-            self._stream.write(text)
-            self._stream.flush()
-        except (OSError, ValueError):  # stderr closed or gone: drop the lines, keep serving
-            pass
+        """Write the turn's notes, if any, as one record."""
+        if self._notes:
+            notes, self._notes = self._notes, []
+            self._logger.info("%s", "\n".join(notes))
 
 
-def configure_logging(level: str, stream: TextIO) -> TurnBufferedHandler:
-    """Send the ``chat`` logger's records to ``stream``; the handler is returned for flushing."""
+def configure_logging(level: str, stream: TextIO) -> LineHandler:
+    """Send the ``chat`` logger's records to ``stream``; the handler is returned."""
     # The logging HOWTO's optimisations: no caller lookup, no thread or
     # process names per record.
     logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = TurnBufferedHandler(stream)
+    handler = LineHandler(stream)
     handler.setFormatter(LineFormatter())
     logger = logging.getLogger(LOGGER_NAME)
     logger.handlers[:] = [handler]

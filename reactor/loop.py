@@ -11,63 +11,64 @@ pass is a *turn*, and ``Reactor.run_once`` is exactly one turn:
 1. **Sleep** in ``select`` until a socket is ready or the next timer is due.
    The timeout comes from the timer wheel (``reactor.timerwheel``), so an
    idle server with 10,000 connections sleeps until a deadline, not a poll
-   interval; it is 0 when a connection still has parsed input waiting.
+   interval; it is 0 when work was left over from the last turn.
 2. **Read.**  For each readable socket: one ``recv`` of at most
-   ``READ_SIZE`` bytes, fed to that connection's ``LineFramer``, which cuts
-   lines within two budgets: flood-control tokens (``reactor.ratelimit``)
-   and ``WORK_PER_TURN`` lines, so one fast sender cannot starve the rest.
-   Each line event goes to the protocol machine (``protocol.ChatMachine``),
-   and each effect it returns is filed in the ``Outbox`` (``reactor.outbox``);
-   nothing is sent yet.  New connections are accepted here too, a bounded
-   batch per turn.
-3. **Time.**  The wheel hands back the timers that came due: idle
-   deadlines (re-armed lazily: a line only stamps ``last_active``, and an
-   expired timer whose connection has been active since is simply moved to
-   the new deadline), flood-control resumptions, close deadlines.
+   ``READ_SIZE`` bytes, fed to that connection's ``LineFramer``
+   (``protocol.framing``), which cuts lines within two budgets:
+   flood-control tokens (``reactor.ratelimit``) and ``WORK_PER_TURN``
+   lines.  Each line event goes to the protocol machine
+   (``protocol.ChatMachine``); the effects it returns are carried out at
+   once where they are decisions (a ``Close``) and filed in the ``Outbox``
+   (``reactor.outbox``) where they are bytes to send; nothing is sent yet.
+   New connections are accepted here too (``reactor.acceptor``).
+3. **Time.**  The wheel hands back the timers that came due (their kinds
+   are in ``reactor.timers``): idle deadlines, flood-control resumptions,
+   flush deadlines.  Idle deadlines are re-armed lazily: a line only stamps
+   ``last_active``, and a timer whose connection has been active since is
+   moved to the new deadline when it fires.
 4. **Flush.**  The outbox hands each connection all of its output for the
-   turn at once, and each connection gets one ``send``.  A broadcast's bytes
-   are joined once and the same object goes to every ordinary recipient.  A
-   connection whose kernel buffer is full keeps the rest in its queue and
-   gets write interest; the selector says when it can take more.
+   turn at once, and each connection gets one ``send``; a broadcast's bytes
+   are joined once and the same object goes to every ordinary recipient.
+   A connection whose kernel buffer is full keeps the rest in its queue and
+   gets write interest; the selector says when it can take more.  Ends of
+   connections are reported to the machine here (``reactor.closing``).
+
+Budgets.  No client may cost the others a stall, however many clients
+misbehave at once, so each kind of work in a turn is bounded:
+
+- per connection: one read, ``WORK_PER_TURN`` lines, and no more commands
+  once its unsent replies pass ``--max-output`` (the rest waits, parsed);
+- per turn: reading stops once the turn has spent ``READ_BUDGET`` seconds,
+  and ``TIMERS_PER_TURN`` timers are handled at most.  Whatever was put
+  off is served first in the next turn, in order (round robin, so nobody
+  starves), and the loop does not sleep while anything waits.
 
 Backpressure.  Reading from a connection stops (its read interest is
-dropped) while its framer holds unparsed input, while its unsent output is
-over ``--max-output``, once it reached end of stream, and while it closes.
-So memory per connection is bounded by one read, one line and its output
-limit, and a client that floods or never reads is slowed by TCP itself.
-Lines from other users that would push a connection's unsent output past
-``--max-output`` make it a *slow consumer*: it is closed at once and the
-others are told it left; nobody ever waits for it.
-
-Closing.  A connection closes in one of three ways: at once (a reset, a
-slow consumer, an HTTP request); after its output is flushed (QUIT, an idle
-timeout, server full, shutdown: the last line must arrive), bounded by a
-1 s deadline; or when the peer ends its stream (its remaining complete
-lines are answered first).  Before closing with output just sent, the
-socket is shut for writing and the peer's remaining input is drained until
-its FIN or the deadline (a *lingering close*): closing a socket with unread
-input makes the kernel send RST, which can destroy the last line in
-flight.  The machine hears of every connection's end exactly once, at the
-flush of the turn it ended in; several ends in one turn are reported
-together (``ConnectionsClosed``), so a mass disconnect does not make the
-leavers' INFO lines to each other cost N * N / 2.
+dropped) while input it sent waits to be handled, while its unsent output is
+over ``--max-output``, and once it is no longer OPEN (the lifecycle is in
+``reactor.connection``).  So memory per connection is bounded by one read,
+one line and its output limit plus one reply, and a client that floods or
+never reads is slowed by TCP itself.  Lines from other users that would
+push a connection's unsent output past ``--max-output`` make it a *slow
+consumer*: it is closed at once and the others are told it left; nobody
+ever waits for it.
 
 Errors.  ``EAGAIN`` and ``EINTR`` mean "not now"; ``ECONNRESET``, ``EPIPE``
 and friends mean the peer is gone, and only that connection closes.  Python
 ignores SIGPIPE, so a write to a closed socket raises instead of killing
-the process.  Running out of file descriptors on ``accept`` pauses
-accepting for ``ACCEPT_RETRY`` seconds instead of spinning.
+the process.  A bug while serving one connection (an exception from the
+machine) closes that connection, logged, and the server goes on.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import selectors
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Container, Iterable, Sequence
 
 from protocol import (
     Broadcast,
@@ -77,37 +78,38 @@ from protocol import (
     ConnectionClosed,
     ConnectionOpened,
     ConnectionsClosed,
+    ConnectionsTimedOut,
     Deliver,
+    Effect,
+    Event,
     IdleTimedOut,
     Reply,
     ShutdownStarted,
-    wire,
 )
 
+from .acceptor import LISTENER, Acceptor
+from .closing import Closer
 from .config import Config
-from .connection import Connection, PeerGone
+from .connection import CLOSED, FLUSHING, LINGERING, OPEN, WRITE, Connection, PeerGone
+from .logs import LOGGER_NAME, TurnLog
 from .outbox import Outbox
 from .ratelimit import UNLIMITED, TokenBucket
 from .stats import Counters, Stats
+from .timers import CallbackTimer, CloseTimer, FloodTimer, IdleTimer
 from .timerwheel import Timer, TimerWheel
 
-log = logging.getLogger("chat")
-
-READ = selectors.EVENT_READ
-WRITE = selectors.EVENT_WRITE
+log = logging.getLogger(LOGGER_NAME)
 
 READ_SIZE = 65536
 """Bytes read from one socket per turn."""
 WORK_PER_TURN = 1024
 """Lines (and Telnet commands) handled for one connection per turn."""
-ACCEPTS_PER_TURN = 256
-"""Connections accepted per turn; the rest wait in the listen queue."""
-FLUSH_TIMEOUT = 1.0
-"""How long a closing connection may take to flush its last lines."""
+READ_BUDGET = 0.010
+"""Seconds a turn may spend reading before it puts the rest off to the next turn."""
+TIMERS_PER_TURN = 1024
+"""Timers handled per turn; the rest are handled in the next turns, at once."""
 SHUTDOWN_TIMEOUT = 2.0
 """How long the server flushes at shutdown before closing everything."""
-ACCEPT_RETRY = 0.5
-"""How long accepting pauses when the process runs out of file descriptors."""
 TICK = 0.1
 """The timer wheel's resolution: timers fire at most this late."""
 SOCKET_MARGIN = 16
@@ -115,23 +117,19 @@ SOCKET_MARGIN = 16
 MAX_SLEEP: float | None = 1.0 if sys.platform == "win32" else None
 """On Windows a signal does not interrupt ``select``: wake at least once a second."""
 
-_OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-_ERR_SERVER_FULL = wire.error("server-full")
-
-_LISTENER = "listener"
 _WAKEUP = "wakeup"
 
 
 class Reactor:
-    """Serves the chat protocol on a listening socket until shut down.
+    """Serves the chat protocol on listening sockets until shut down.
 
-    ``clock`` is the monotonic clock (tests pass a fake one); ``wakeup`` is
-    the read end of a socket pair whose write end is the signal wakeup fd, so
-    a signal interrupts ``select`` at once; ``after_turn`` runs at the end of
-    every turn, before the loop sleeps (the daemon writes its log lines then);
-    ``selector`` is the readiness API, the platform's best by default (tests
-    pass each kind the platform has, so Windows's ``select`` is checked on
-    Linux too).
+    ``clock`` is the monotonic clock (tests pass one they move by hand);
+    ``wakeup`` is the read end of a socket pair whose write end is the
+    signal wakeup fd, so a signal interrupts ``select`` at once;
+    ``after_turn`` runs at the end of every turn, before the loop sleeps;
+    ``selector`` is the readiness API, the platform's best by default
+    (tests pass each kind the platform has, so Windows's ``select`` is
+    checked on Linux too).
     """
 
     def __init__(
@@ -146,38 +144,69 @@ class Reactor:
     ) -> None:
         self._config = config
         self._clock = clock
-        self._now = clock()
+        self._now = self._started = clock()
         self._machine = ChatMachine(max_clients=config.max_clients)
         self._selector = selector if selector is not None else selectors.DefaultSelector()
         self._wheel = TimerWheel(self._now, tick=TICK)
         self._outbox = Outbox()
-        self._listeners: list[socket.socket] = list(listeners)
-        self._accepting = False
-        self._accept_timer = Timer((self._resume_accepting, None))
-        self._wakeup = wakeup
-        self._after_turn = after_turn
-        self._notes: list[str] = []  # connection log lines, written once per turn
-        self._connections: set = set()
-        self._carried: list[Connection] = []  # parsed input left by the work budget
-        self._closing: list[Connection] = []  # to close once their output is flushed
-        self._writable: list[Connection] = []
-        self._ended: list[Connection] = []  # gone, not yet reported to the machine
-        self._shutdown_requested = False
-        self._stop_at: float | None = None
-        for listener in self._listeners:
-            listener.setblocking(False)
-        self._start_accepting()
-        if wakeup is not None:
-            wakeup.setblocking(False)
-            self._selector.register(wakeup, READ, _WAKEUP)
+        self._turn_log = TurnLog(log)
+        self.counters = Counters()
+        self._connections: set[Connection] = set()
+        self._socket_limit = config.max_clients + SOCKET_MARGIN
         self._idle_timeout = config.idle_timeout
         self._max_output = config.max_output
-        self._socket_limit = config.max_clients + SOCKET_MARGIN
-        self._started = self._now
-        self.counters = Counters()
+        self._acceptor = Acceptor(
+            listeners,
+            self._selector,
+            self._wheel,
+            self._turn_log,
+            self.counters,
+            has_room=lambda: len(self._connections) < self._socket_limit,
+            open_connection=self.adopt,
+        )
+        self._closer = Closer(self._wheel, self._turn_log, self._forget, config.max_output)
+        self._wakeup = wakeup
+        self._after_turn = after_turn
+        # Work put off to the next turn, served first and in order.
+        self._backlog: dict[Connection, None] = {}
+        self._due_timers: deque[Timer] = deque()
+        self._writable: list[Connection] = []
+        self._reply_limit_passed = False  # set when filing a reply; read by _pump
         self._bytes_out_closed = 0
+        self._shutdown_requested = False
+        self._stop_at: float | None = None
+        self._on_timer: dict[type, Callable[..., None]] = {
+            FloodTimer: self._tokens_due,
+            CloseTimer: self._closer.close_now,
+            CallbackTimer: lambda callback: callback(),
+        }
+        self._acceptor.start()
+        if wakeup is not None:
+            wakeup.setblocking(False)
+            self._selector.register(wakeup, selectors.EVENT_READ, _WAKEUP)
 
     # -- the interface -----------------------------------------------------
+
+    def run_once(self) -> None:
+        """One turn: sleep, read, time, flush."""
+        ready = self._selector.select(self._select_timeout())
+        self._now = self._clock()
+        readable = self._sort_ready(ready)
+        self._read(readable)
+        if self._shutdown_requested and self._stop_at is None:
+            self._begin_shutdown()
+        self._run_timers()
+        self._flush()
+        if self._stop_at is not None and self._now >= self._stop_at:
+            self._close_everything()
+        self._turn_log.flush()
+        if self._after_turn is not None:
+            self._after_turn()
+
+    def serve_forever(self) -> None:
+        """Run turns until a requested shutdown is complete."""
+        while not self.finished:
+            self.run_once()
 
     def request_shutdown(self) -> None:
         """Ask the loop to shut down; safe to call from a signal handler.
@@ -193,6 +222,35 @@ class Reactor:
         """Whether shutdown is complete: every connection closed or out of time."""
         return self._stop_at is not None and not self._connections
 
+    def close(self) -> None:
+        """Release every socket (after ``serve_forever``, or to abandon the loop)."""
+        self._close_everything()
+        self._report_ended()
+        self._turn_log.flush()
+        self._acceptor.close()
+        self._selector.close()
+
+    def adopt(self, sock: socket.socket, peer: tuple) -> None:
+        """Serve a connected socket: one ``accept`` gave it, or a test's socket pair."""
+        sock.setblocking(False)
+        try:
+            # Without it, Nagle's algorithm and delayed ACKs stall a client
+            # that both sends and receives by about 40 ms.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not TCP (a socket pair), or already gone
+        config = self._config
+        now = self._now
+        bucket = TokenBucket(config.rate, config.burst, now) if config.rate else None
+        conn = Connection(sock, peer, config.max_line, bucket, now, self._selector)
+        self._connections.add(conn)
+        conn.update_interest(self._max_output)
+        self._turn_log.note(f"New connection from {peer}")
+        if self._idle_timeout:
+            conn.idle_timer = IdleTimer(conn)
+            self._wheel.schedule(conn.idle_timer, now + self._idle_timeout)
+        self._apply(self._machine.handle(ConnectionOpened(conn)))
+
     def call_every(self, interval: float, callback: Callable[[], None]) -> None:
         """Run ``callback`` every ``interval`` seconds of the loop's clock, from the loop.
 
@@ -202,11 +260,12 @@ class Reactor:
         if not interval > 0:
             raise ValueError("interval must be > 0")
 
-        def fire(_unused: object, timer: Timer) -> None:
+        def chore() -> None:
             self._wheel.schedule(timer, self._now + interval)
             callback()
 
-        self._wheel.schedule(Timer((fire, None)), self._now + interval)
+        timer = CallbackTimer(chore)
+        self._wheel.schedule(timer, self._now + interval)
 
     def stats(self) -> Stats:
         """A snapshot of the counters and of what is open now."""
@@ -228,420 +287,357 @@ class Reactor:
     @property
     def addresses(self) -> list[tuple]:
         """The addresses the listening sockets are bound to (empty once they are closed)."""
-        return [listener.getsockname() for listener in self._listeners]
+        return self._acceptor.addresses
 
-    def serve_forever(self) -> None:
-        """Run turns until a requested shutdown is complete."""
-        while not self.finished:
-            self.run_once()
+    # -- 1. sleeping ---------------------------------------------------------
 
-    def run_once(self) -> None:
-        """One turn: sleep, read, time, flush."""
-        timers_due = self._wheel.next_wakeup()
-        ready = self._selector.select(self._select_timeout(timers_due))
-        self._now = now = self._clock()
-        carried = None  # connections whose parsed input waited for this turn
-        if self._carried:
-            carried, self._carried = self._carried, []
-        for key, mask in ready:
-            target = key.data
-            if target is _LISTENER:
-                self._accept_batch(key.fileobj)
-            elif target is _WAKEUP:
-                self._drain_wakeup()
-            elif not target.closed:  # an earlier event this turn may have closed it
-                if mask & WRITE:
-                    self._writable.append(target)
-                if mask & READ:
-                    self._readable(target)
-        if carried:
-            self._continue(carried)
-        if self._shutdown_requested and self._stop_at is None:
-            self._begin_shutdown()
-        if timers_due is not None and now >= timers_due:
-            # Timers armed during this turn are all in the future: not due yet.
-            for timer in self._wheel.advance(now):
-                callback, conn = timer.payload
-                callback(conn, timer)
-        self._flush()
-        if self._stop_at is not None and now >= self._stop_at:
-            for conn in list(self._connections):
-                self._close_now(conn)
-        if self._notes:
-            self._write_notes()
-        if self._after_turn is not None:
-            self._after_turn()
-
-    def close(self) -> None:
-        """Release every socket (after ``serve_forever``, or to abandon the loop)."""
-        for conn in list(self._connections):
-            self._close_now(conn)
-        self._report_ended()
-        if self._notes:
-            self._write_notes()
-        self._stop_listening()
-        self._selector.close()
-
-    def _write_notes(self) -> None:
-        """Log the turn's connections and disconnections as one record.
-
-        Two lines per connection sit on the accept path; one record per turn
-        instead of one per line keeps the logging machinery off it.  The
-        bytes on stderr are the same, one line each.
-        """
-        notes, self._notes = self._notes, []
-        log.info("%s", "\n".join(notes))
-
-    def _log(self, level: int, message: str, *args: object, exc_info: bool = False) -> None:
-        """Any other log record, after the connection lines it may refer to."""
-        if not log.isEnabledFor(level):
-            return
-        if self._notes:
-            self._write_notes()
-        log.log(level, message, *args, exc_info=exc_info)
-
-    def _select_timeout(self, timers_due: float | None) -> float | None:
-        """Sleep until the next timer (or the shutdown deadline); not at all if work waits."""
-        if self._carried or (self._shutdown_requested and self._stop_at is None):
+    def _select_timeout(self) -> float | None:
+        """Sleep until the next timer or the shutdown deadline; not at all if work waits."""
+        if self._backlog or self._due_timers or (self._shutdown_requested and self._stop_at is None):
             return 0.0
-        timeout = None if timers_due is None else max(0.0, timers_due - self._clock())
+        wake = self._wheel.next_wakeup()
         if self._stop_at is not None:
-            until_stop = max(0.0, self._stop_at - self._clock())
-            timeout = until_stop if timeout is None else min(timeout, until_stop)
+            wake = self._stop_at if wake is None else min(wake, self._stop_at)
+        timeout = None if wake is None else max(0.0, wake - self._clock())
         if MAX_SLEEP is not None:
             timeout = MAX_SLEEP if timeout is None else min(timeout, MAX_SLEEP)
         return timeout
 
-    # -- accepting ---------------------------------------------------------
-
-    def _start_accepting(self) -> None:
-        if not self._accepting and self._listeners:
-            for listener in self._listeners:
-                self._selector.register(listener, READ, _LISTENER)
-            self._accepting = True
-
-    def _accept_batch(self, listener: socket.socket) -> None:
-        for _ in range(ACCEPTS_PER_TURN):
-            if not self._accepting:
-                return
-            try:
-                sock, address = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as error:
-                if error.errno in _OUT_OF_DESCRIPTORS:
-                    self._pause_accepting(error)
-                    return
-                # ECONNABORTED, EPROTO, ...: that client gave up; try the next one.
-                self._log(logging.DEBUG, "accept failed: %s", error)
-                continue
-            self._open(sock, address)
-
-    def _pause_accepting(self, error: OSError) -> None:
-        """Out of file descriptors: stop accepting for a while instead of spinning."""
-        self._log(
-            logging.WARNING,
-            "cannot accept connections: %s; pausing accept for %.1f s",
-            error.strerror or error,
-            ACCEPT_RETRY,
-        )
-        self._stop_accepting()
-        self._wheel.schedule(self._accept_timer, self._now + ACCEPT_RETRY)
-
-    def _resume_accepting(self, _unused: object, timer: Timer) -> None:
-        self._start_accepting()
-
-    def _stop_accepting(self) -> None:
-        if self._accepting:
-            for listener in self._listeners:
-                self._selector.unregister(listener)
-            self._accepting = False
-
-    def _stop_listening(self) -> None:
-        self._wheel.cancel(self._accept_timer)
-        self._stop_accepting()
-        listeners, self._listeners = self._listeners, []
-        for listener in listeners:
-            listener.close()
-
-    def _open(self, sock: socket.socket, address) -> None:
-        if len(self._connections) >= self._socket_limit:
-            self._refuse_at_once(sock, address)
-            return
-        sock.setblocking(False)
-        try:
-            # Without it, Nagle's algorithm and delayed ACKs stall a client
-            # that both sends and receives by about 40 ms.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-        config = self._config
-        now = self._now
-        bucket = TokenBucket(config.rate, config.burst, now) if config.rate else None
-        conn = Connection(sock, tuple(address[:2]), config.max_line, bucket, now)
-        self.counters.accepted += 1
-        self._connections.add(conn)
-        self._selector.register(sock, READ, conn)
-        conn.mask = READ
-        self._notes.append(f"New connection from {conn.peer}")
-        if self._idle_timeout:
-            conn.idle_timer = Timer((self._idle_timer_fired, conn))
-            self._wheel.schedule(conn.idle_timer, now + self._idle_timeout)
-        self._apply(self._machine.handle(ConnectionOpened(conn)))
-
-    def _refuse_at_once(self, sock: socket.socket, address) -> None:
-        """Too many sockets still open (refused or closing ones): refuse without a Connection.
-
-        The machine refuses clients past ``--max-clients``, but each refusal
-        holds a socket until its last line is flushed.  This guard keeps the
-        total under ``--max-clients`` plus a margin, whatever arrives (on
-        Windows, ``select()`` fails past 512 sockets).
-        """
-        self.counters.refused += 1
-        try:
-            sock.setblocking(False)
-            sock.send(_ERR_SERVER_FULL)
-        except OSError:
-            pass
-        sock.close()
-        self._log(
-            logging.DEBUG, "refused %s at once: %d sockets open", tuple(address[:2]), len(self._connections)
-        )
+    def _sort_ready(self, ready: list[tuple[selectors.SelectorKey, int]]) -> list[Connection]:
+        """Accept, note the writable, and return the readable connections."""
+        readable = []
+        for key, mask in ready:
+            target = key.data
+            if target is LISTENER:
+                self._acceptor.accept_batch(key.fileobj, self._now)  # type: ignore[arg-type]
+            elif target is _WAKEUP:
+                self._drain_wakeup()
+            elif target.phase is not CLOSED:  # an earlier event this turn may have closed it
+                if mask & WRITE:
+                    self._writable.append(target)
+                if mask & selectors.EVENT_READ:
+                    readable.append(target)
+        return readable
 
     def _drain_wakeup(self) -> None:
+        assert self._wakeup is not None
         try:
             while self._wakeup.recv(512):
                 pass
         except OSError:
             pass
 
-    # -- reading -----------------------------------------------------------
+    # -- 2. reading ----------------------------------------------------------
 
-    def _readable(self, conn: Connection) -> None:
+    def _read(self, readable: list[Connection]) -> None:
+        """Serve the connections put off last turn, then the newly readable, within the budget."""
+        backlog, self._backlog = self._backlog, {}
+        put_off: dict[Connection, None] = {}
+        stop_at = self._now + READ_BUDGET
+        clock = self._clock
+        for queue in (backlog, readable):
+            for conn in queue:
+                if queue is readable and conn in backlog:
+                    continue  # served already, from the backlog
+                if conn.phase is CLOSED:
+                    continue
+                if clock() >= stop_at:
+                    put_off[conn] = None
+                elif conn.input_waiting and conn.phase < FLUSHING:
+                    self._resume(conn)
+                else:
+                    self._receive(conn)
+        if put_off:  # first in the next turn, before those served in this one
+            put_off.update(self._backlog)
+            self._backlog = put_off
+
+    def _receive(self, conn: Connection) -> None:
+        """One ``recv``, fed to the framer, then the lines it completes handled."""
         try:
             data = conn.sock.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            self._close_now(conn)
+            self._closer.close_now(conn)
             return
-        if conn.lingering:
+        if conn.phase is LINGERING:
             if not data:
-                self._close_now(conn)
+                self._closer.close_now(conn)
             return
         if data:
             self.counters.bytes_in += len(data)
             conn.framer.feed(data)
         else:
-            conn.eof = True
-            conn.framer.end_of_stream()
+            conn.input_ended()
         self._pump(conn)
 
-    def _pump(self, conn: Connection) -> None:
-        """Handle the lines waiting in ``conn``'s framer, within its budgets."""
-        if conn.closing or conn.closed:
+    def _resume(self, conn: Connection) -> None:
+        """Go on with input that waited: for the work budget, or for its output to drain."""
+        if conn.queued <= self._max_output:
+            self._pump(conn)
+        else:
+            conn.update_interest(self._max_output)  # it goes on once its output drains
+
+    def _pump(self, conn: Connection, waited: bool = False) -> None:
+        """Handle the lines waiting for ``conn``, within its budgets.
+
+        ``waited``: flood control paused it and its token is due now.
+        """
+        if conn.phase >= FLUSHING:
             return
-        now = self._now
+        events = conn.unhandled
+        if events is not None:
+            conn.unhandled = None
+        else:
+            events = self._take(conn, waited)
+        try:
+            handled = self._handle_commands(conn, events)
+        except Exception:  # a bug, never a client's input: cost that client only
+            self._turn_log.log(
+                logging.ERROR, "internal error while serving %s; closing it", conn.peer, exc_info=True
+            )
+            self._closer.close_now(conn)
+            return
+        if handled < len(events) and conn.phase < FLUSHING:
+            conn.unhandled = events[handled:]  # its replies passed --max-output: later
+        self._after_pump(conn)
+
+    def _take(self, conn: Connection, waited: bool) -> Sequence[Event]:
+        """Parse the lines the budgets allow; flood tokens are spent here."""
         bucket = conn.bucket
-        tokens = UNLIMITED if bucket is None else bucket.available(now)
+        tokens = UNLIMITED if bucket is None else bucket.available(self._now, waited)
         taken = conn.framer.take(tokens, WORK_PER_TURN)
         if bucket is not None and taken.tokens:
             bucket.spend(taken.tokens)
         if taken.lines:
-            conn.last_active = now
+            conn.last_active = self._now
             self.counters.lines_in += taken.lines
+        return taken.events
+
+    def _handle_commands(self, conn: Connection, events: Sequence[Event]) -> int:
+        """Hand ``events`` to the machine until done, closing, or over the reply limit; how many."""
         handle = self._machine.handle
         apply = self._apply
-        try:
-            for event in taken.events:
-                apply(handle(event))
-                if conn.closing or conn.closed:
-                    return  # nothing it sent after this may run
-        except Exception:  # a bug, never a client's input: cost that client only
-            self._log(logging.ERROR, "internal error while serving %s; closing it", conn.peer, exc_info=True)
-            self._close_now(conn)
+        self._reply_limit_passed = False
+        limit = self._max_output - conn.queued
+        for handled, event in enumerate(events, 1):
+            apply(handle(event), limit)
+            if conn.phase >= FLUSHING:
+                return len(events)  # nothing it sent after this may run
+            if self._reply_limit_passed:
+                return handled
+        return len(events)
+
+    def _after_pump(self, conn: Connection) -> None:
+        """Decide what ``conn`` waits for next: tokens, the next turn, or its socket."""
+        if conn.phase >= FLUSHING:
             return
-        if conn.framer.pending:
-            if bucket is not None and bucket.available(now) < 1:
+        if conn.input_waiting:
+            bucket = conn.bucket
+            if conn.unhandled is None and bucket is not None and bucket.available(self._now) < 1:
                 self._wait_for_tokens(conn, bucket)
-            else:
-                self._carry(conn)
-        elif conn.eof:
-            self._peer_finished(conn)
+            else:  # the work budget ran out, or its replies passed the limit: next turn
+                self._backlog[conn] = None
+        elif conn.phase is not OPEN:  # DRAINING, and every line handled
+            self._closer.report(conn)
+            self._closer.close_after_flush(conn, self._now, self._stop_at)
             return
-        elif conn.mask == READ:
-            # All input handled, nothing queued (WRITE would be registered):
-            # READ is what _update_interest would choose.  The usual case.
-            return
-        self._update_interest(conn)
-
-    def _carry(self, conn: Connection) -> None:
-        """Come back to ``conn``'s parsed input next turn, after the others had theirs."""
-        if not conn.carried:
-            conn.carried = True
-            self._carried.append(conn)
-
-    def _continue(self, carried: list[Connection]) -> None:
-        for conn in carried:
-            conn.carried = False
-            if conn.closed:
-                continue
-            if conn.queued <= self._max_output:
-                self._pump(conn)
-            else:
-                self._update_interest(conn)  # it goes on once its output drains
+        elif conn.mask == selectors.EVENT_READ:
+            return  # all input handled, nothing queued: the usual case, nothing to change
+        conn.update_interest(self._max_output)
 
     def _wait_for_tokens(self, conn: Connection, bucket: TokenBucket) -> None:
         self.counters.flood_pauses += 1
-        if conn.timer is None:
-            conn.timer = Timer((self._tokens_refilled, conn))
-        self._wheel.schedule(conn.timer, bucket.next_token_at())
+        if conn.flood_timer is None:
+            conn.flood_timer = FloodTimer(conn)
+        self._wheel.schedule(conn.flood_timer, bucket.next_token_at())
 
-    def _tokens_refilled(self, conn: Connection, timer: Timer) -> None:
-        if conn.closed:
+    def _tokens_due(self, conn: Connection) -> None:
+        if conn.phase >= FLUSHING:
             return
         if conn.peer_failed():  # it reset while paused: its backlog is nobody's now
-            self._close_now(conn)
+            self._closer.close_now(conn)
         elif conn.queued <= self._max_output:
-            self._pump(conn)
-
-    def _peer_finished(self, conn: Connection) -> None:
-        """End of stream and every complete line handled: tell the others, then close."""
-        self._report_closed(conn)
-        self._close_after_flush(conn)
+            self._pump(conn, waited=True)
 
     # -- effects -----------------------------------------------------------
 
-    def _apply(self, effects: list) -> None:
+    def _apply(self, effects: list[Effect], reply_limit: int | None = None) -> None:
+        """Carry out the machine's decisions: file bytes in the outbox, start closes.
+
+        ``reply_limit``: the reply bytes the connection being served may
+        still be given this turn; passing it sets ``_reply_limit_passed``.
+        """
         outbox = self._outbox
         counters = self.counters
         for effect in effects:
             kind = type(effect)
             if kind is Broadcast:
-                outbox.broadcast(effect.data, effect.audience, effect.exclude)
-                counters.lines_out += len(effect.audience) - (effect.exclude is not None)
+                outbox.file_broadcast(effect.data, effect.audience, effect.exclude)  # type: ignore[union-attr]
+                counters.lines_out += len(effect.audience) - (effect.exclude is not None)  # type: ignore[union-attr]
             elif kind is Reply:
-                outbox.reply(effect.conn, effect.data)
-                counters.lines_out += effect.data.count(b"\n")
+                filed = outbox.file_reply(effect.conn, effect.data)  # type: ignore[union-attr]
+                counters.lines_out += effect.data.count(b"\n")  # type: ignore[union-attr]
+                if reply_limit is not None and filed > reply_limit:
+                    self._reply_limit_passed = True
             elif kind is Deliver:
-                outbox.deliver(effect.conn, effect.data)
+                outbox.file_direct(effect.conn, effect.data)  # type: ignore[union-attr]
                 counters.lines_out += 1
             elif kind is Close:
-                self._close_requested(effect.conn, effect.reason)
+                self._close_requested(effect.conn, effect.reason)  # type: ignore[union-attr]
             else:
                 raise TypeError(f"unknown effect {effect!r}")
 
     def _close_requested(self, conn: Connection, reason: CloseReason) -> None:
-        if conn.closed:
+        if conn.phase is CLOSED:
             return
-        self._log(logging.DEBUG, "closing %s: %s", conn.peer, reason.value)
+        self._turn_log.log(logging.DEBUG, "closing %s: %s", conn.peer, reason.value)
         if reason is CloseReason.SERVER_FULL:
             self.counters.refused += 1
         elif reason is CloseReason.CROSS_PROTOCOL:
-            self._log(
+            self._turn_log.log(
                 logging.WARNING,
                 "closing %s: it sent an HTTP request to the chat port (cross-protocol guard)",
                 conn.peer,
             )
         if reason.flush_first:
-            self._close_after_flush(conn)
+            self._closer.close_after_flush(conn, self._now, self._stop_at)
         else:
-            self._close_now(conn)
+            self._closer.close_now(conn)
 
-    # -- writing -----------------------------------------------------------
+    # -- 3. time -----------------------------------------------------------
+
+    def _run_timers(self) -> None:
+        """Handle the timers that came due, at most ``TIMERS_PER_TURN`` of them."""
+        due = self._due_timers
+        wake = self._wheel.next_wakeup()
+        if wake is not None and self._now >= wake:
+            # Timers armed during this turn are all in the future: not due yet.
+            due.extend(self._wheel.advance(self._now))
+        if not due:
+            return
+        idle: list[Connection] = []
+        for _ in range(min(len(due), TIMERS_PER_TURN)):
+            timer = due.popleft()
+            if timer.pending:
+                continue  # re-armed since it fired
+            if type(timer) is IdleTimer:
+                self._idle_deadline(timer, idle)
+            else:
+                self._on_timer[type(timer)](timer.payload)
+        if idle:
+            self._time_out(idle)
+
+    def _idle_deadline(self, timer: Timer, expired: list[Connection]) -> None:
+        conn: Connection = timer.payload  # type: ignore[assignment]
+        if conn.phase >= FLUSHING:
+            return
+        deadline = conn.last_active + self._idle_timeout
+        if deadline > self._now:
+            self._wheel.schedule(timer, deadline)  # it was active since: re-arm lazily
+        else:
+            expired.append(conn)
+
+    def _time_out(self, conns: list[Connection]) -> None:
+        """The idle timeouts of one turn, as one departure."""
+        if len(conns) == 1:
+            event: Event = IdleTimedOut(conns[0])
+        else:
+            event = ConnectionsTimedOut(tuple(conns))
+        self._apply(self._machine.handle(event))
+
+    # -- 4. flushing ---------------------------------------------------------
 
     def _flush(self) -> None:
         """Hand out the turn's output, one send per connection, then finish closes.
 
-        Closing a connection here can make the machine broadcast (INFO), so
-        it repeats until nothing new was filed.
+        Reporting an end to the machine can make it broadcast (INFO), and
+        handing out output can evict a slow consumer, so it repeats until
+        nothing new was filed.
         """
         outbox = self._outbox
         while True:
-            if self._ended:
-                self._report_ended()
+            self._report_ended()
             if outbox:
-                outbox.drain(self._deliver, self._share_run)
+                outbox.drain(self._hand_over, self._share)
             if self._writable:
-                writable, self._writable = self._writable, []
-                for conn in writable:
-                    if not conn.closed and conn.queue:
-                        self._send_queued(conn)
-            if self._closing:
-                closing, self._closing = self._closing, []
-                for conn in closing:
-                    if conn.closed:
-                        continue
-                    if conn.queue:
-                        self._closing.append(conn)
-                    elif not conn.lingering:
-                        self._linger_or_close(conn)
-            if not outbox and not self._ended:
+                self._send_queued_output()
+            self._closer.finish_flushed()
+            if not outbox and not self._closer.ended:
                 return
 
-    def _deliver(self, conn: Connection, pieces: list, reply_bytes: int) -> None:
-        """The outbox's hand-over: queue or send ``conn``'s output for this turn."""
-        if conn.closed or conn.lingering:
-            return  # a lingering socket is shut for writing
-        if conn.queue:
-            conn.enqueue(pieces, reply_bytes)  # it is waiting for the kernel already
-        else:
+    def _hand_over(self, conn: Connection, pieces: list[bytes], reply_bytes: int) -> None:
+        """The outbox's hand-over: ``conn``'s output for this turn, sent or queued."""
+        if conn.phase >= LINGERING:
+            return  # closed, or shut for writing
+        if not conn.queue:
             data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-            try:
-                conn.send_now(data, reply_bytes)
-            except PeerGone:
-                self._close_now(conn)
-                return
+            self._send_to((conn,), data, reply_bytes)
+            return
+        conn.enqueue(pieces, reply_bytes)  # it is waiting for the kernel already
         if conn.queued > self._max_output:
             self._over_output_limit(conn, foreign=reply_bytes < sum(map(len, pieces)))
-        if not conn.closed and bool(conn.queue) != bool(conn.mask & WRITE):
-            self._update_interest(conn)
+        if conn.phase is not CLOSED and not conn.mask & WRITE:
+            conn.update_interest(self._max_output)
 
-    def _share_run(self, audience: tuple, payload: bytes, skip) -> None:
-        """The hot path: a run's bytes, the same object, to every ordinary member.
+    def _share(self, audience: Sequence[Connection], payload: bytes, skip: Container[Connection]) -> None:
+        """The hot path: a run's bytes, the same object, to every ordinary member."""
+        self._send_to(audience, payload, 0, skip)
+
+    def _send_to(
+        self,
+        members: Sequence[Connection],
+        payload: bytes,
+        reply_bytes: int,
+        skip: Container[Connection] = frozenset(),
+    ) -> None:
+        """Send ``payload`` to each member: the one send path for a turn's output.
 
         One loop here instead of a call per recipient: a member with an
         empty queue costs one ``send`` and a few attribute tests.  A member
-        with output already waiting, or closed, or lingering goes the general
-        way, through ``_deliver``; a send the kernel cuts short is queued
-        here.  The send itself is ``Connection.send_now`` written out, to
-        save a call per recipient: change one, change both.
+        with output already waiting, or no longer taking output, goes the
+        general way (``_hand_over``); a send the kernel cuts short is queued
+        here, and may make a slow consumer of the member.
         """
         size = len(payload)
-        for conn in audience:
+        for conn in members:
             if conn in skip:
                 continue
-            if conn.queue or conn.closed or conn.lingering:
-                self._deliver(conn, [payload], 0)
+            if conn.queue or conn.phase >= LINGERING:
+                self._hand_over(conn, [payload], reply_bytes)
                 continue
             try:
                 sent = conn.sock.send(payload)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
-                self._close_now(conn)
+                self._closer.close_now(conn)
                 continue
             conn.written += sent
             if sent < size:  # the kernel's buffer is full: queue the rest, wait until writable
-                conn.keep_unsent(payload, sent, 0)
+                conn.keep_unsent(payload, sent, reply_bytes)
                 if conn.queued > self._max_output:
-                    self._over_output_limit(conn, foreign=True)
-                self._update_interest(conn)
+                    self._over_output_limit(conn, foreign=reply_bytes < size)
+                conn.update_interest(self._max_output)
 
-    def _send_queued(self, conn: Connection) -> None:
-        try:
-            conn.send_queued()
-        except PeerGone:
-            self._close_now(conn)
-            return
-        if conn.framer.pending and not conn.closing and conn.queued <= self._max_output:
-            self._carry(conn)  # it paused for its output; it may go on
-        self._update_interest(conn)
+    def _send_queued_output(self) -> None:
+        writable, self._writable = self._writable, []
+        for conn in writable:
+            if conn.phase is CLOSED or not conn.queue:
+                continue
+            try:
+                conn.send_queued()
+            except PeerGone:
+                self._closer.close_now(conn)
+                continue
+            if conn.input_waiting and conn.phase < FLUSHING and conn.queued <= self._max_output:
+                self._backlog[conn] = None  # it paused for its output; it may go on
+            conn.update_interest(self._max_output)
 
     def _over_output_limit(self, conn: Connection, foreign: bool) -> None:
         """Evict a slow consumer; a client behind on its own replies just stops being read."""
-        if foreign and conn.foreign_bytes > self._max_output and not conn.closing:
-            self._log(
+        if foreign and conn.foreign_bytes > self._max_output and conn.phase < FLUSHING:
+            self._turn_log.log(
                 logging.WARNING,
                 "disconnecting slow consumer %s: %d bytes of unsent output (--max-output %d)",
                 conn.peer,
@@ -649,125 +645,34 @@ class Reactor:
                 self._max_output,
             )
             self.counters.evictions += 1
-            self._close_now(conn)
-
-    # -- interest ----------------------------------------------------------
-
-    def _update_interest(self, conn: Connection) -> None:
-        """Register exactly the events ``conn`` can act on now."""
-        if conn.closed:
-            return
-        mask = 0
-        if conn.lingering or not (
-            conn.eof
-            or conn.closing
-            or conn.framer.pending
-            or conn.queued > self._max_output
-        ):
-            mask = READ
-        if conn.queue:
-            mask |= WRITE
-        if mask == conn.mask:
-            return
-        if not mask:
-            self._selector.unregister(conn.sock)
-        elif not conn.mask:
-            self._selector.register(conn.sock, mask, conn)
-        else:
-            self._selector.modify(conn.sock, mask, conn)
-        conn.mask = mask
-
-    # -- timers ------------------------------------------------------------
-
-    def _idle_timer_fired(self, conn: Connection, timer: Timer) -> None:
-        if conn.closed or conn.closing:
-            return
-        deadline = conn.last_active + self._idle_timeout
-        if deadline > self._now:
-            self._wheel.schedule(timer, deadline)  # it was active since: re-arm lazily
-            return
-        self._apply(self._machine.handle(IdleTimedOut(conn)))
-
-    def _close_deadline_passed(self, conn: Connection, timer: Timer) -> None:
-        self._close_now(conn)
-
-    # -- closing -----------------------------------------------------------
-
-    def _close_after_flush(self, conn: Connection) -> None:
-        if conn.closing or conn.closed:
-            return
-        conn.closing = True
-        if conn.timer is not None:
-            self._wheel.cancel(conn.timer)  # a flood-control resume: no more reading
-        conn.timer = Timer((self._close_deadline_passed, conn))
-        deadline = self._now + FLUSH_TIMEOUT
-        if self._stop_at is not None:
-            deadline = min(deadline, self._stop_at)
-        self._wheel.schedule(conn.timer, deadline)
-        if conn.idle_timer is not None:
-            self._wheel.cancel(conn.idle_timer)
-        self._closing.append(conn)
-        self._update_interest(conn)
-
-    def _linger_or_close(self, conn: Connection) -> None:
-        """Output flushed: close, shutting our side first if the peer may still send."""
-        if conn.eof:
-            self._close_now(conn)
-            return
-        try:
-            conn.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            self._close_now(conn)
-            return
-        conn.lingering = True
-        self._update_interest(conn)
-
-    def _close_now(self, conn: Connection) -> None:
-        if conn.closed:
-            return
-        conn.closed = True
-        if conn.idle_timer is not None:
-            self._wheel.cancel(conn.idle_timer)
-        if conn.timer is not None:
-            self._wheel.cancel(conn.timer)
-        if conn.mask:
-            self._selector.unregister(conn.sock)
-            conn.mask = 0
-        conn.sock.close()
-        self._bytes_out_closed += conn.written
-        conn.queue.clear()
-        conn.queued = 0
-        self._connections.discard(conn)
-        self._notes.append(f"Connection closed: {conn.peer}")
-        self._report_closed(conn)
-
-    def _report_closed(self, conn: Connection) -> None:
-        """Queue ``conn``'s end for the machine; ``_report_ended`` tells it at the flush."""
-        if not conn.reported:
-            conn.reported = True
-            self._ended.append(conn)
+            self._closer.close_now(conn)
 
     def _report_ended(self) -> None:
-        """Tell the machine which connections ended this turn, all at once.
-
-        Reported together, leavers are not told about each other: a mass
-        disconnect of N users costs N INFO lines per survivor, not N * N / 2
-        lines, most of them to sockets that are already gone.
-        """
-        if not self._ended:
+        """Tell the machine which connections ended, all at once (``reactor.closing``)."""
+        if not self._closer.ended:
             return
-        ended, self._ended = self._ended, []
+        ended = self._closer.take_ended()
         if len(ended) == 1:
-            event = ConnectionClosed(ended[0])
+            event: Event = ConnectionClosed(ended[0])
         else:
             event = ConnectionsClosed(tuple(ended))
         self._apply(self._machine.handle(event))
+
+    def _forget(self, conn: Connection) -> None:
+        """The closer closed ``conn``: it is no longer one of ours."""
+        self._connections.discard(conn)
+        self._backlog.pop(conn, None)
+        self._bytes_out_closed += conn.written
 
     # -- shutdown ----------------------------------------------------------
 
     def _begin_shutdown(self) -> None:
         """Stop accepting, tell everyone, and give them SHUTDOWN_TIMEOUT to get it."""
-        self._log(logging.INFO, "Shutting down: %d connection(s) open", len(self._connections))
+        self._turn_log.log(logging.INFO, "Shutting down: %d connection(s) open", len(self._connections))
         self._stop_at = self._now + SHUTDOWN_TIMEOUT
-        self._stop_listening()
+        self._acceptor.close()
         self._apply(self._machine.handle(ShutdownStarted()))
+
+    def _close_everything(self) -> None:
+        for conn in list(self._connections):
+            self._closer.close_now(conn)

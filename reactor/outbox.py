@@ -28,18 +28,24 @@ or was sent privately, never to the size of the room.
 Positions make the order exact: a private line filed when the log holds
 ``p`` lines goes out after log line ``p - 1`` and before log line ``p``.
 
-The outbox knows nothing of sockets.  When the turn's broadcasts form a
-single run (the usual case) ``drain`` makes one ``share_run(audience,
-payload, skip)`` call for all its ordinary members, so the caller can hand
-out the bytes in a loop of its own, without a function call per recipient.
-For everyone else it calls ``deliver(conn, pieces, reply_bytes)`` once per
-connection, where ``pieces`` is a list of
-``bytes`` to send in order and ``reply_bytes`` how many of those bytes are
-replies to the connection's own input.  The rest came from other users (MSG,
-DM, INFO), and only that part can make a client a slow consumer
-(protocol.md, Limits).  ``deliver`` may file more output (an eviction makes
-the machine broadcast INFO); ``drain`` empties the outbox before it starts,
-so that output waits for the next ``drain``.
+The outbox knows nothing of sockets.  ``drain`` hands the output over
+through two callbacks.  When the turn's broadcasts form a single run (the
+usual case) it makes one ``share(audience, payload, skip)`` call for all
+the run's ordinary members, so the caller can hand out the bytes in a loop
+of its own, without a function call per recipient.  Everyone else gets one
+``hand_over(conn, pieces, reply_bytes)`` call, where ``pieces`` is a list
+of ``bytes`` to send in order and ``reply_bytes`` how many of those bytes
+are replies to the connection's own input.  The rest came from other users
+(MSG, DM, INFO), and only that part can make a client a slow consumer
+(protocol.md, Limits).  Either callback may file more output (an eviction
+makes the machine broadcast INFO); ``drain`` empties the outbox before it
+starts, so that output waits for the next ``drain``.
+
+The outbox also answers, while a turn's output is being filed, how many
+reply bytes a connection has been given so far (``file_reply`` returns
+it): the loop stops handling a connection's commands the moment its
+replies, sent or not, pass ``--max-output``, instead of queueing a whole
+burst of WHO replies first.
 """
 
 from __future__ import annotations
@@ -47,8 +53,10 @@ from __future__ import annotations
 from collections.abc import Callable, Container, Hashable, Sequence
 
 Conn = Hashable
-Deliver = Callable[[Conn, list[bytes], int], None]
-ShareRun = Callable[[Sequence[Conn], bytes, Container[Conn]], None]
+HandOver = Callable[[Conn, list[bytes], int], None]
+"""``hand_over(conn, pieces, reply_bytes)``: one connection's output for the turn."""
+Share = Callable[[Sequence[Conn], bytes, Container[Conn]], None]
+"""``share(audience, payload, skip)``: one run's bytes for every member not in ``skip``."""
 
 
 class _Run:
@@ -73,11 +81,12 @@ class _Run:
 class _Marks:
     """What makes one connection's output differ from its audience's this turn."""
 
-    __slots__ = ("private", "excluded")
+    __slots__ = ("private", "excluded", "reply_bytes")
 
     def __init__(self) -> None:
-        self.private: list[tuple[int, bytes, bool]] = []  # (position, data, foreign)
+        self.private: list[tuple[int, bytes]] = []  # (log position, data)
         self.excluded: list[int] = []  # log positions it must not receive
+        self.reply_bytes = 0  # bytes of replies among the private lines
 
 
 class Outbox:
@@ -93,15 +102,18 @@ class Outbox:
     def __bool__(self) -> bool:
         return bool(self._log or self._marks)
 
-    def reply(self, conn: Conn, data: bytes) -> None:
-        """File ``data`` for ``conn``, caused by its own input."""
-        self._mark(conn).private.append((len(self._log), data, False))
+    def file_reply(self, conn: Conn, data: bytes) -> int:
+        """File ``data`` for ``conn``, caused by its own input; its reply bytes so far this turn."""
+        marks = self._mark(conn)
+        marks.private.append((len(self._log), data))
+        marks.reply_bytes += len(data)
+        return marks.reply_bytes
 
-    def deliver(self, conn: Conn, data: bytes) -> None:
+    def file_direct(self, conn: Conn, data: bytes) -> None:
         """File ``data``, a line from another user, for ``conn`` alone."""
-        self._mark(conn).private.append((len(self._log), data, True))
+        self._mark(conn).private.append((len(self._log), data))
 
-    def broadcast(self, data: bytes, audience: Sequence[Conn], exclude: Conn | None) -> None:
+    def file_broadcast(self, data: bytes, audience: Sequence[Conn], exclude: Conn | None) -> None:
         """File ``data`` for every member of ``audience`` but ``exclude``."""
         runs = self._runs
         if not runs or runs[-1].audience is not audience:
@@ -117,70 +129,67 @@ class Outbox:
             marks = self._marks[conn] = _Marks()
         return marks
 
-    def drain(self, deliver: Deliver, share_run: ShareRun | None = None) -> None:
+    def drain(self, hand_over: HandOver, share: Share | None = None) -> None:
         """Hand every connection its output for the turn, then start empty.
 
-        ``share_run(audience, payload, skip)``, if given, takes the hot path
-        in one call: when the turn's broadcasts form one run, every member of
+        ``share(audience, payload, skip)``, if given, takes the hot path in
+        one call: when the turn's broadcasts form one run, every member of
         ``audience`` not in ``skip`` gets ``payload`` (each exactly as
-        ``deliver(conn, [payload], 0)`` would).  The members in ``skip`` are
-        handed their own bytes by ``deliver`` afterwards.  One call per run,
-        not per recipient: the caller's loop does the per-recipient work.
+        ``hand_over(conn, [payload], 0)`` would).  The members in ``skip``
+        are handed their own bytes by ``hand_over`` afterwards.  One call
+        per run, not per recipient: the caller's loop does the
+        per-recipient work.
         """
-        if share_run is None:
-            share_run = _share_one_by_one(deliver)
         log, runs, marks = self._log, self._runs, self._marks
         self._log, self._runs, self._marks = [], [], {}
+        if not runs:  # private lines only (a PING, a WHO): nothing to interleave
+            for conn, conn_marks in marks.items():
+                hand_over(conn, [data for _, data in conn_marks.private], conn_marks.reply_bytes)
+            return
         for run in runs:
             run.payload = log[run.start] if run.end - run.start == 1 else b"".join(
                 log[run.start : run.end]
             )
         if len(runs) == 1:
-            share_run(runs[0].audience, runs[0].payload, marks)
-        elif runs:
-            pending: dict[Conn, list[bytes]] = {}
-            for run in runs:
-                payload = run.payload
-                for conn in run.audience:
-                    if conn not in marks:
-                        pieces = pending.get(conn)
-                        if pieces is None:
-                            pending[conn] = [payload]
-                        else:
-                            pieces.append(payload)
-            for conn, pieces in pending.items():
-                deliver(conn, pieces, 0)
-        if not runs:  # private lines only (a PING, a WHO): nothing to interleave
-            for conn, conn_marks in marks.items():
-                pieces = []
-                reply_bytes = 0
-                for _, data, foreign in conn_marks.private:
-                    pieces.append(data)
-                    if not foreign:
-                        reply_bytes += len(data)
-                deliver(conn, pieces, reply_bytes)
-            return
+            (share or _share_one_by_one(hand_over))(runs[0].audience, runs[0].payload, marks)
+        else:
+            _hand_out_runs(runs, marks, hand_over)
         for conn, conn_marks in marks.items():
-            pieces, reply_bytes = _assemble(conn, conn_marks, log, runs)
+            pieces = _assemble(conn, conn_marks, log, runs)
             if pieces:
-                deliver(conn, pieces, reply_bytes)
+                hand_over(conn, pieces, conn_marks.reply_bytes)
 
 
-def _share_one_by_one(deliver: Deliver) -> ShareRun:
-    """``share_run`` made of ``deliver`` calls, for callers without a loop of their own."""
+def _share_one_by_one(hand_over: HandOver) -> Share:
+    """``share`` made of ``hand_over`` calls, for callers without a loop of their own."""
 
-    def share_run(audience: Sequence[Conn], payload: bytes, skip: Container[Conn]) -> None:
+    def share(audience: Sequence[Conn], payload: bytes, skip: Container[Conn]) -> None:
         for conn in audience:
             if conn not in skip:
-                deliver(conn, [payload], 0)
+                hand_over(conn, [payload], 0)
 
-    return share_run
+    return share
 
 
-def _assemble(conn: Conn, marks: _Marks, log: list[bytes], runs: list[_Run]):
+def _hand_out_runs(runs: list[_Run], marks: Container[Conn], hand_over: HandOver) -> None:
+    """Several runs (somebody logged in or out mid-turn): each unmarked member its runs' payloads."""
+    pending: dict[Conn, list[bytes]] = {}
+    for run in runs:
+        payload = run.payload
+        for conn in run.audience:
+            if conn not in marks:
+                pieces = pending.get(conn)
+                if pieces is None:
+                    pending[conn] = [payload]
+                else:
+                    pieces.append(payload)
+    for conn, pieces in pending.items():
+        hand_over(conn, pieces, 0)
+
+
+def _assemble(conn: Conn, marks: _Marks, log: list[bytes], runs: list[_Run]) -> list[bytes]:
     """A marked connection's pieces: its runs' lines, minus exclusions, with its private lines in place."""
     pieces: list[bytes] = []
-    reply_bytes = 0
     private, excluded = marks.private, marks.excluded
     p = x = 0  # next private line, next exclusion
     no_more = len(log) + 1
@@ -196,10 +205,7 @@ def _assemble(conn: Conn, marks: _Marks, log: list[bytes], runs: list[_Run]):
             if member and cursor < mark:
                 pieces.append(_slice(log, run, cursor, mark))
             if next_private <= next_excluded:
-                _, data, is_foreign = private[p]
-                pieces.append(data)
-                if not is_foreign:
-                    reply_bytes += len(data)
+                pieces.append(private[p][1])
                 p += 1
                 cursor = max(cursor, mark)
             else:
@@ -207,11 +213,8 @@ def _assemble(conn: Conn, marks: _Marks, log: list[bytes], runs: list[_Run]):
                 cursor = mark + 1
         if member and cursor < run.end:
             pieces.append(_slice(log, run, cursor, run.end))
-    for _, data, is_foreign in private[p:]:
-        pieces.append(data)
-        if not is_foreign:
-            reply_bytes += len(data)
-    return pieces, reply_bytes
+    pieces += [data for _, data in private[p:]]
+    return pieces
 
 
 def _slice(log: list[bytes], run: _Run, start: int, end: int) -> bytes:

@@ -8,7 +8,10 @@ it stops reading the socket, so TCP's own flow control pushes back on the
 client (protocol.md, Limits).  Nothing is lost; the flooder just waits.
 
 Time comes in as an argument, like everywhere in the reactor but the loop's
-clock, so tests can drive it by hand.
+clock, so tests can drive it by hand.  The loop wakes a paused client on
+the timer wheel's tick, up to a tick after its token was due; the bucket
+credits that time (``available(now, waiting=True)``), so the client still
+gets ``rate`` lines a second on average, whatever ``burst`` is.
 """
 
 from __future__ import annotations
@@ -30,13 +33,24 @@ class TokenBucket:
         self._tokens = float(burst)
         self._stamp = now
 
-    def available(self, now: float) -> int:
-        """Whole tokens that may be spent now."""
+    def available(self, now: float, waiting: bool = False) -> int:
+        """Whole tokens that may be spent now.
+
+        ``waiting`` says the client has had input waiting since the last
+        call (the loop paused it, or put it off for others).  Its tokens
+        then accrue for the whole time, uncapped: the cap of ``burst`` is
+        for a client that was quiet, and a paced client woken a timer tick
+        after its token came due must not lose that time, or a bucket of
+        one token would run at the tick's rate instead of ``rate``.
+        """
         if not self._rate:
             return UNLIMITED
         if now > self._stamp:
-            self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+            tokens = self._tokens + (now - self._stamp) * self._rate
+            self._tokens = tokens if waiting else min(self._burst, tokens)
             self._stamp = now
+        elif not waiting and self._tokens > self._burst:
+            self._tokens = self._burst
         return int(self._tokens)
 
     def spend(self, tokens: int) -> None:

@@ -141,4 +141,4 @@ def test_the_share_benchmark_runs_a_real_reactor():
         capture_output=True, text=True, timeout=60,
     )
     assert completed.returncode == 0, completed.stderr
-    assert "Reactor._share_run" in completed.stdout and "stub sockets" in completed.stdout
+    assert "Reactor._send_to" in completed.stdout and "stub sockets" in completed.stdout

@@ -28,8 +28,8 @@ def by_conn(calls):
 def test_one_run_hands_every_member_the_same_bytes_object():
     outbox = Outbox()
     audience = ("a", "b", "c")
-    outbox.broadcast(b"MSG a 1\n", audience, "a")
-    outbox.broadcast(b"MSG a 2\n", audience, "a")
+    outbox.file_broadcast(b"MSG a 1\n", audience, "a")
+    outbox.file_broadcast(b"MSG a 2\n", audience, "a")
     calls = drained(outbox)
     shared = [pieces[0] for conn, pieces, _ in calls if conn in ("b", "c")]
     assert shared[0] is shared[1] and shared[0] == b"MSG a 1\nMSG a 2\n"
@@ -39,9 +39,9 @@ def test_one_run_hands_every_member_the_same_bytes_object():
 def test_private_lines_keep_their_place_between_broadcasts():
     outbox = Outbox()
     audience = ("a", "b")
-    outbox.broadcast(b"1\n", audience, None)
-    outbox.reply("b", b"PONG\n")
-    outbox.broadcast(b"2\n", audience, None)
+    outbox.file_broadcast(b"1\n", audience, None)
+    outbox.file_reply("b", b"PONG\n")
+    outbox.file_broadcast(b"2\n", audience, None)
     result = by_conn(drained(outbox))
     assert result["b"] == (b"1\nPONG\n2\n", 5)
     assert result["a"] == (b"1\n2\n", 0)
@@ -49,22 +49,22 @@ def test_private_lines_keep_their_place_between_broadcasts():
 
 def test_replies_are_counted_and_deliveries_are_not():
     outbox = Outbox()
-    outbox.reply("a", b"OK\n")
-    outbox.deliver("b", b"DM a hi\n")
-    outbox.reply("b", b"PONG\n")
+    outbox.file_reply("a", b"OK\n")
+    outbox.file_direct("b", b"DM a hi\n")
+    outbox.file_reply("b", b"PONG\n")
     assert by_conn(drained(outbox)) == {"a": (b"OK\n", 3), "b": (b"DM a hi\nPONG\n", 5)}
 
 
 def test_drain_empties_the_outbox_and_output_filed_meanwhile_waits():
     outbox = Outbox()
-    outbox.reply("a", b"x\n")
+    outbox.file_reply("a", b"x\n")
     later = []
 
-    def deliver(conn, pieces, reply_bytes):
-        outbox.reply("b", b"later\n")
+    def hand_over(conn, pieces, reply_bytes):
+        outbox.file_reply("b", b"later\n")
         later.append(conn)
 
-    outbox.drain(deliver)
+    outbox.drain(hand_over)
     assert later == ["a"]
     assert outbox
     assert by_conn(drained(outbox)) == {"b": (b"later\n", 6)}
@@ -110,11 +110,11 @@ def filed(ops) -> Outbox:
     outbox = Outbox()
     for op in ops:
         if op[0] == "reply":
-            outbox.reply(op[1], op[2])
+            outbox.file_reply(op[1], op[2])
         elif op[0] == "deliver":
-            outbox.deliver(op[1], op[2])
+            outbox.file_direct(op[1], op[2])
         else:
-            outbox.broadcast(op[1], op[2], op[3])
+            outbox.file_broadcast(op[1], op[2], op[3])
     return outbox
 
 
@@ -125,18 +125,18 @@ def test_drain_equals_the_naive_rendering(ops):
 
 
 @given(operations())
-def test_a_share_run_caller_hands_out_exactly_the_naive_rendering(ops):
-    """The reactor's hot path: one ``share_run`` call for a single run, ``deliver`` for the rest."""
+def test_a_share_caller_hands_out_exactly_the_naive_rendering(ops):
+    """The reactor's hot path: one ``share`` call for a single run, ``hand_over`` for the rest."""
     calls = []
     runs = []
 
-    def share_run(audience, payload, skip):
+    def share(audience, payload, skip):
         runs.append(payload)
         for conn in audience:
             if conn not in skip:
                 calls.append((conn, [payload], 0))
 
-    filed(ops).drain(lambda conn, pieces, replies: calls.append((conn, list(pieces), replies)), share_run)
+    filed(ops).drain(lambda conn, pieces, replies: calls.append((conn, list(pieces), replies)), share)
     got = {conn: value for conn, value in by_conn(calls).items() if value[0]}
     assert got == {conn: value for conn, value in naive(ops).items() if value[0]}
     audiences = [op[2] for op in ops if op[0] == "broadcast"]

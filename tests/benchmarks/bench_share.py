@@ -29,8 +29,8 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from reactor.config import Config  # noqa: E402
-from reactor.connection import Connection  # noqa: E402
-from reactor.loop import READ, Reactor  # noqa: E402
+from reactor.connection import READ, Connection  # noqa: E402
+from reactor.loop import Reactor  # noqa: E402
 
 LINE = b"MSG u1 " + b"x" * 64 + b"\n"
 CONFIG = Config(rate=0, idle_timeout=0, max_output=1 << 26)
@@ -50,7 +50,7 @@ def python_alone(listener: socket.socket, users: int, rounds: int, trials: int) 
     reactor = Reactor([listener], CONFIG)
     audience = []
     for i in range(users):
-        conn = Connection(StubSocket(), ("stub", i), CONFIG.max_line, None, 0.0)
+        conn = Connection(StubSocket(), ("stub", i), CONFIG.max_line, None, 0.0, reactor._selector)
         conn.mask = READ  # as if registered; nothing is ever selected
         audience.append(conn)
     audience = tuple(audience)
@@ -59,7 +59,7 @@ def python_alone(listener: socket.socket, users: int, rounds: int, trials: int) 
         for _ in range(trials):
             started = time.perf_counter()
             for _ in range(rounds):
-                reactor._outbox.broadcast(LINE, audience, None)
+                reactor._outbox.file_broadcast(LINE, audience, None)
                 reactor._flush()
             best = min(best, (time.perf_counter() - started) / (rounds * users))
     finally:
@@ -125,7 +125,7 @@ def main() -> int:
 
         def reactor_flush() -> None:
             for _ in range(args.rounds):
-                outbox.broadcast(LINE, audience, None)
+                outbox.file_broadcast(LINE, audience, None)
                 reactor._flush()
 
         def bare_loop() -> None:
@@ -165,7 +165,7 @@ def main() -> int:
     with socket.create_server(("127.0.0.1", 0)) as unused_listener:
         stub = python_alone(unused_listener, args.users, args.rounds, args.trials)
     print(f"{args.users} recipients, {args.rounds} one-message turns, best of {args.trials}:")
-    print(f"  reactor flush (outbox + Reactor._share_run): {best['reactor'] * 1e6:.2f} us CPU per recipient")
+    print(f"  reactor flush (outbox + Reactor._send_to): {best['reactor'] * 1e6:.2f} us CPU per recipient")
     print(f"  bare sock.send loop:                          {best['bare'] * 1e6:.2f} us CPU per recipient")
     print(f"  reactor flush, stub sockets (Python alone):   {stub * 1e9:.0f} ns per recipient")
     return 0
