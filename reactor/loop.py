@@ -230,7 +230,7 @@ class Reactor:
         self._acceptor.close()
         self._selector.close()
 
-    def adopt(self, sock: socket.socket, peer: tuple) -> None:
+    def adopt(self, sock: socket.socket, peer: tuple) -> Connection:
         """Serve a connected socket: one ``accept`` gave it, or a test's socket pair."""
         sock.setblocking(False)
         try:
@@ -250,6 +250,7 @@ class Reactor:
             conn.idle_timer = IdleTimer(conn)
             self._wheel.schedule(conn.idle_timer, now + self._idle_timeout)
         self._apply(self._machine.handle(ConnectionOpened(conn)))
+        return conn
 
     def call_every(self, interval: float, callback: Callable[[], None]) -> None:
         """Run ``callback`` every ``interval`` seconds of the loop's clock, from the loop.

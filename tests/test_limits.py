@@ -42,8 +42,8 @@ from netutil import TIMEOUT, Client, ServerProcess, SmallBufferClient, login, se
 
 import reactor.loop  # noqa: E402
 from protocol import ChatMachine, LineFramer, LineReceived  # noqa: E402
-from reactor.limits import RESERVE  # noqa: E402
 from reactor.acceptor import ACCEPT_RETRY  # noqa: E402
+from reactor.limits import RESERVE  # noqa: E402
 from reactor.loop import TICK, Reactor  # noqa: E402
 
 KIB = 1024

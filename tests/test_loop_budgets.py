@@ -1,0 +1,126 @@
+"""The loop's budgets, turn by turn: what one connection may cost in memory and time.
+
+Driven by hand (``tests/loopharness.py``) so each assertion is about one
+turn: how much output a client that never reads can pin, and how the
+work of one turn is shared when many connections are busy at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from loopharness import LoopHarness
+
+import reactor.loop
+
+IAC, DO = 255, 253
+
+
+@pytest.fixture
+def harness():
+    made = []
+
+    def make(**settings) -> LoopHarness:
+        loop = LoopHarness(**settings)
+        made.append(loop)
+        return loop
+
+    yield make
+    for loop in made:
+        loop.close()
+
+
+def who_reply_size(loop: LoopHarness) -> int:
+    return sum(len(b"USER \n") + len(name.encode()) for name in loop.reactor._machine.usernames())
+
+
+def test_a_burst_of_who_without_reading_pins_at_most_max_output_and_one_reply(harness):
+    """Before the check moved into the turn, one turn queued up to 1,024 WHO replies."""
+    max_output = 16 << 10
+    loop = harness(rate=0, idle_timeout=0, max_output=max_output)
+    for i in range(300):
+        loop.connect().say(f"LOGIN user{i:03}")
+    loop.turn()
+    asker = loop.login("asker")
+    conn = loop.server_side[asker]
+    reply = who_reply_size(loop)
+    assert reply > 3000
+    asker.send(b"WHO\n" * 3000)  # and never reads
+    worst = 0
+    for _ in range(20):
+        loop.turn()
+        worst = max(worst, conn.queued)
+    assert max_output < worst <= max_output + reply
+    assert conn.unhandled or conn.framer.pending, "it was paused, not done"
+    # It reads: every reply arrives, in order, and nothing was dropped.
+    received = b""
+    for _ in range(10_000):
+        received += asker.read()
+        if not (conn.unhandled or conn.framer.pending or conn.queue):
+            break
+        loop.turn()
+    received += asker.read()
+    assert received.count(b"USER asker\n") == 3000
+
+
+def test_a_telnet_refusal_storm_without_reading_is_bounded_the_same_way(harness):
+    max_output = 1 << 10  # a turn's 1,024 refusals are 3 KiB: the check must stop it mid-turn
+    loop = harness(rate=0, idle_timeout=0, max_output=max_output)
+    storm = loop.connect()
+    conn = loop.server_side[storm]
+    worst = 0
+    for _ in range(100):  # until the kernel's buffers are full and the server holds the rest
+        try:
+            storm.send(bytes([IAC, DO, 1]) * 20_000)
+        except BlockingIOError:
+            pass  # the server stopped reading: the point
+        loop.turn(5)
+        worst = max(worst, conn.queued)
+        if conn.queued and not conn.mask & 1:  # holding output, and no longer reading
+            break
+    assert max_output < worst <= max_output + 3
+
+
+def test_a_busy_turn_stops_reading_at_its_budget_and_serves_everyone_in_turn(harness, monkeypatch):
+    """30 connections with more work than a turn allows, and one that just pings.
+
+    The clock moves a millisecond each time the loop reads it, so a 9.5 ms
+    budget lets a turn serve about nine connections.  Those put off go
+    first next turn: the pinger is answered within a few turns, and every
+    flooder is served as often as every other.
+    """
+    monkeypatch.setattr(reactor.loop, "READ_BUDGET", 0.0095)
+    loop = harness(rate=0, idle_timeout=0, max_output=1 << 30)
+    flooders = [loop.connect() for _ in range(30)]
+    for flooder in flooders:
+        flooder.send(b"PING\n" * 6_000)  # about 6 turns of work each (1,024 lines a turn)
+    pinger = loop.connect()
+    pinger.say("PING")
+    ticking = loop.clock
+    real_call = type(ticking).__call__
+
+    def tick(clock) -> float:
+        clock.now += 0.001
+        return real_call(clock)
+
+    monkeypatch.setattr(type(ticking), "__call__", tick)
+    served = {flooder: 0 for flooder in flooders}
+    answered_in = None
+    for turn in itertools.count(1):
+        assert turn <= 40, "the flooders never finished"
+        loop.turn()
+        if answered_in is None and pinger.lines() == ["PONG"]:
+            answered_in = turn
+        for flooder in flooders:
+            served[flooder] += flooder.read().count(b"PONG\n")
+        if turn == 1:
+            reached = sum(1 for count in served.values() if count)
+            assert reached <= 12, f"one turn served {reached} connections past its budget"
+        if all(count == 6_000 for count in served.values()):
+            break
+        if turn == 6:
+            counts = sorted(served.values())
+            assert counts[0] > 0, f"a flooder starved: {counts}"
+            assert counts[-1] <= 2 * counts[0] + 1024, f"served unevenly: {counts}"
+    assert answered_in is not None and answered_in <= 5, answered_in

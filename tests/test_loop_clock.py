@@ -1,0 +1,266 @@
+"""The loop's time-driven behaviour, on a clock the test moves by hand.
+
+Every test here runs ``Reactor.run_once`` itself over socket pairs
+(``tests/loopharness.py``): no sleeps, and time is exact, so each deadline
+is checked at the instant it falls due and an instant before.  The wheel's
+tick is 0.1 s: a timer fires no earlier than its deadline and at most one
+tick after it.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import socket
+
+import pytest
+from loopharness import LoopHarness
+
+import reactor.loop
+from reactor.acceptor import ACCEPT_RETRY
+from reactor.closing import FLUSH_TIMEOUT
+from reactor.connection import CLOSED, FLUSHING, LINGERING
+from reactor.loop import TICK
+
+IAC, DO, NOP = 255, 253, 241
+
+
+@pytest.fixture
+def harness():
+    made = []
+
+    def make(**settings) -> LoopHarness:
+        loop = LoopHarness(**settings)
+        made.append(loop)
+        return loop
+
+    yield make
+    for loop in made:
+        loop.close()
+
+
+# -- idle timeout --------------------------------------------------------------
+
+
+def test_idle_timeout_fires_at_its_deadline_and_not_an_instant_before(harness):
+    loop = harness(idle_timeout=60)
+    ann = loop.login("ann")  # at the wheel's origin: the deadline is a tick boundary
+    watcher = loop.connect()
+    loop.advance_to(59.999)
+    assert ann.lines() == [] and not ann.ended
+    loop.advance_to(60.0)
+    assert ann.lines() == ["ERR idle-timeout"]
+    loop.advance(FLUSH_TIMEOUT)  # it lingers until our end of stream or the deadline
+    assert ann.ended
+    assert watcher.lines() == ["ERR idle-timeout"]  # anonymous, connected at the same time
+
+
+def test_idle_timeout_between_ticks_fires_at_most_one_tick_late(harness):
+    loop = harness(idle_timeout=60)
+    loop.advance(0.05)
+    ann = loop.login("ann")  # deadline 60.05: between two ticks
+    bob = loop.login("bob")
+    loop.advance_to(60.05)
+    assert ann.lines() == [], "fired before the first tick boundary after its deadline"
+    loop.advance_to(60.05 + TICK)
+    assert ann.lines() == ["ERR idle-timeout"]
+    assert bob.lines() == ["ERR idle-timeout"]  # the same deadline: one departure, no INFO
+
+
+def test_a_complete_line_postpones_the_idle_timeout_and_bytes_without_lf_do_not(harness):
+    loop = harness(idle_timeout=10)
+    ann = loop.login("ann")
+    loop.advance_to(6)
+    ann.say("PING")  # activity at 6: the deadline moves to 16
+    loop.turn()
+    assert ann.lines() == ["PONG"]
+    for second in range(7, 16):  # a slowloris: a byte a second, never an LF
+        ann.send(b"x")
+        loop.advance_to(second)
+    assert ann.lines() == []
+    loop.advance_to(15.999)
+    assert ann.lines() == []
+    loop.advance_to(16.0)
+    assert ann.lines() == ["ERR idle-timeout"]
+
+
+def test_idle_timeouts_of_one_turn_are_one_departure(harness):
+    loop = harness(idle_timeout=60)
+    leavers = [loop.login(name) for name in ("ann", "bob", "cy")]
+    loop.advance(10)
+    stayer = loop.login("dee")
+    loop.advance_to(60)
+    for leaver in leavers:
+        assert leaver.lines() == ["ERR idle-timeout"]  # nothing about the other leavers
+    assert stayer.lines() == ["INFO ann disconnected", "INFO bob disconnected", "INFO cy disconnected"]
+    assert loop.reactor.stats().users == 1
+
+
+def test_timer_work_per_turn_is_bounded_and_the_rest_follows_at_once(harness, monkeypatch):
+    monkeypatch.setattr(reactor.loop, "TIMERS_PER_TURN", 10)
+    loop = harness(idle_timeout=60)
+    idlers = [loop.connect() for _ in range(25)]
+    loop.clock.advance(60)
+    done = []
+    for _ in range(3):  # the clock does not move: the loop must not wait for it
+        loop.turn()
+        done.append(sum(1 for idler in idlers if idler.lines() == ["ERR idle-timeout"]))
+    assert done == [10, 10, 5]
+
+
+# -- flood control ---------------------------------------------------------------
+
+
+def run_until(loop: LoopHarness, peer, count: int, step: float, limit: float) -> tuple[list[str], float]:
+    """Move the clock by ``step`` a turn until ``peer`` has ``count`` lines; the time of the last."""
+    got: list[str] = []
+    for _ in range(math.ceil(limit / step)):
+        got += peer.lines()
+        if len(got) >= count:
+            return got, loop.elapsed
+        loop.advance(step)
+    raise AssertionError(f"only {len(got)} of {count} lines within {limit} s")
+
+
+def test_a_paced_client_gets_its_rate_whatever_the_tick(harness):
+    """Rate 7, burst 1: a token every 1/7 s, falling between the wheel's ticks.
+
+    Woken up to a tick late for each token, a bucket that forgot the wait
+    would run at one line per 0.2 s (5.8 s for 30 lines) instead of 1/7 s.
+    """
+    loop = harness(rate=7, burst=1, idle_timeout=0)
+    ann = loop.connect()
+    ann.say(*["PING"] * 30)
+    loop.turn()
+    pongs, last = run_until(loop, ann, 30, step=0.01, limit=10)
+    assert pongs == ["PONG"] * 30
+    ideal = 29 / 7  # the first at once, then one per token
+    assert ideal - 0.01 <= last <= ideal + TICK + 0.01, last
+
+
+def test_every_telnet_command_costs_a_token(harness):
+    loop = harness(rate=10, burst=10, idle_timeout=0)
+    ann = loop.connect()
+    ann.send(bytes([IAC, NOP]) * 40 + bytes([IAC, DO, 1]) * 10 + b"PING\n")  # 51 tokens
+    loop.turn()
+    received = b""
+    for _ in range(600):  # 6 s in steps of 10 ms
+        received += ann.read()
+        if received.endswith(b"PONG\n"):
+            break
+        loop.advance(0.01)
+    assert received == bytes([IAC, 252, 1]) * 10 + b"PONG\n"
+    # 10 at once, then 41 at 10 a second.
+    assert 4.1 - 0.01 <= loop.elapsed <= 4.1 + TICK + 0.02, loop.elapsed
+
+
+# -- closing deadlines -------------------------------------------------------------
+
+
+def fill_up(loop: LoopHarness, reader, sender, rounds: int = 60) -> None:
+    """Lines from ``sender`` to ``reader`` (which never reads) until the kernel holds no more."""
+    line = "MSG " + "x" * 4000
+    for _ in range(rounds):
+        try:
+            sender.say(*[line] * 10)
+        except BlockingIOError:
+            pass
+        loop.turn()
+    assert loop.server_side[reader].queue, "the socket pair took everything: nothing to flush"
+
+
+def test_a_closing_connection_gets_until_its_flush_deadline(harness):
+    loop = harness(rate=0, idle_timeout=0, max_output=1 << 30)
+    slow, talker = loop.login("slow"), loop.login("talker")
+    fill_up(loop, slow, talker)
+    slow.say("QUIT")
+    loop.turn()
+    conn = loop.server_side[slow]
+    assert conn.phase is FLUSHING
+    assert talker.lines()[-1] == "INFO slow disconnected"
+    loop.advance(FLUSH_TIMEOUT - 0.001)
+    assert conn.phase is FLUSHING
+    loop.advance(0.001)
+    assert conn.phase is CLOSED
+
+
+def test_a_flushed_connection_lingers_until_the_peer_ends_its_stream(harness):
+    loop = harness(idle_timeout=0)
+    ann = loop.login("ann")
+    ann.say("QUIT")
+    loop.turn()
+    conn = loop.server_side[ann]
+    assert ann.lines() == ["Goodbye!"] and ann.ended  # our side is shut: end of stream
+    assert conn.phase is LINGERING
+    ann.send(b"late input is read and dropped\n")
+    loop.turn()
+    assert conn.phase is LINGERING
+    ann.sock.shutdown(socket.SHUT_WR)
+    loop.turn()
+    assert conn.phase is CLOSED
+
+
+def test_shutdown_tells_everyone_and_ends_by_its_deadline(harness):
+    loop = harness(rate=0, idle_timeout=0, max_output=1 << 30)
+    slow, talker = loop.login("slow"), loop.login("talker")
+    fill_up(loop, slow, talker)
+    loop.reactor.request_shutdown()
+    loop.turn()
+    assert talker.lines() == ["ERR server-shutting-down"]
+    assert not loop.reactor.finished  # slow has not taken its last line
+    loop.advance(FLUSH_TIMEOUT - 0.001)
+    assert not loop.reactor.finished
+    loop.advance(0.001)
+    assert loop.reactor.finished
+    assert loop.server_side[slow].phase is CLOSED
+
+
+def test_a_second_shutdown_request_stops_waiting(harness):
+    loop = harness(rate=0, idle_timeout=0, max_output=1 << 30)
+    slow, talker = loop.login("slow"), loop.login("talker")
+    fill_up(loop, slow, talker)
+    loop.reactor.request_shutdown()
+    loop.turn()
+    assert not loop.reactor.finished
+    loop.reactor.request_shutdown()
+    loop.turn()
+    assert loop.reactor.finished
+
+
+# -- accepting -------------------------------------------------------------------
+
+
+class RunsOutOfDescriptors(socket.socket):
+    """A listening socket whose next ``failures`` accepts fail with EMFILE."""
+
+    failures = 0
+    accepts = 0
+
+    def accept(self):
+        self.accepts += 1
+        if self.failures:
+            self.failures -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().accept()
+
+
+def test_out_of_descriptors_pauses_accepting_then_resumes(harness):
+    listener = RunsOutOfDescriptors(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    loop = harness(listener=listener)
+    listener.failures = 1
+    client = socket.create_connection(listener.getsockname())
+    try:
+        loop.turn()
+        assert listener.accepts == 1
+        for _ in range(20):  # the listener stays readable; nobody may ask it again
+            loop.advance((ACCEPT_RETRY - 0.001) / 20)
+        assert listener.accepts == 1
+        assert loop.reactor.stats().connections == 0
+        loop.advance_to(ACCEPT_RETRY + TICK)  # the pause ends (at most a tick late): watched again
+        loop.turn()
+        assert listener.accepts >= 2
+        assert loop.reactor.stats().connections == 1
+    finally:
+        client.close()
