@@ -52,6 +52,7 @@ from .events import (
     LineTooLong,
     ShutdownStarted,
     TelnetOptionRequested,
+    TLSHelloReceived,
 )
 from .framing import DEFAULT_MAX_LINE, LineFramer, Taken
 from .machine import ChatMachine, ConnState, ProtocolUsageError
@@ -98,6 +99,7 @@ __all__ = [
     "ShutdownStarted",
     "Taken",
     "TelnetOptionRequested",
+    "TLSHelloReceived",
     "Username",
     "clean_text",
     "looks_like_http",

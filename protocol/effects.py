@@ -43,15 +43,17 @@ class CloseReason(enum.Enum):
     SERVER_FULL = "server-full"
     SHUTTING_DOWN = "server-shutting-down"
     CROSS_PROTOCOL = "cross-protocol"
+    TLS_ON_PLAIN_PORT = "tls-on-plaintext-port"
 
     @property
     def flush_first(self) -> bool:
         """Whether queued output is sent before closing.
 
-        A cross-protocol request (a browser talking HTTP to the chat port) is
-        cut off at once: nothing it sent runs and nothing is owed to it.
+        A cross-protocol request (a browser talking HTTP to the chat port, a
+        TLS client on the plaintext port) is cut off at once: nothing it
+        sent runs and nothing is owed to it.
         """
-        return self is not CloseReason.CROSS_PROTOCOL
+        return self is not CloseReason.CROSS_PROTOCOL and self is not CloseReason.TLS_ON_PLAIN_PORT
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,8 @@ Who produces what:
   ``ConnectionsClosed`` for several at once), ``IdleTimedOut`` (or
   ``ConnectionsTimedOut``), ``ShutdownStarted`` (it owns sockets, the clock and signals);
 - the line framer (``protocol.framing``), which the reactor feeds with the
-  bytes it reads: ``LineReceived``, ``LineTooLong`` and
-  ``TelnetOptionRequested``.
+  bytes it reads: ``LineReceived``, ``LineTooLong``,
+  ``TelnetOptionRequested`` and ``TLSHelloReceived``.
 
 Contract for callers: open a connection before anything else happens on it,
 and report its end exactly once (with ``ConnectionClosed`` or within one
@@ -74,6 +74,17 @@ class TelnetOptionRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class TLSHelloReceived:
+    """The stream began with a TLS record: a TLS client on the plaintext port.
+
+    A ClientHello may hold no LF at all, so it would never make a line; the
+    framer recognises its first two bytes instead.
+    """
+
+    conn: ConnId
+
+
+@dataclass(frozen=True, slots=True)
 class IdleTimedOut:
     """No complete line arrived on the connection for the configured idle time."""
 
@@ -123,6 +134,7 @@ Event = (
     | LineReceived
     | LineTooLong
     | TelnetOptionRequested
+    | TLSHelloReceived
     | IdleTimedOut
     | ConnectionsTimedOut
     | ConnectionClosed

@@ -44,7 +44,10 @@ Rules it enforces (protocol.md, Framing):
   ``TelnetOptionRequested`` events (the machine refuses them), and an LF
   abandons an unfinished command or subnegotiation, unpaid, so Telnet can
   never swallow a line;
-- at end of stream, an unfinished last line is dropped.
+- at end of stream, an unfinished last line is dropped;
+- a stream that begins like a TLS record (0x16 0x03: a TLS client's
+  ClientHello, sent to the plaintext port) is not chat: the framer emits
+  ``TLSHelloReceived`` once and ignores everything the client sends after.
 
 Nothing a client sends can make it raise.
 """
@@ -53,7 +56,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .events import ConnId, Event, LineReceived, LineTooLong, TelnetOptionRequested
+from .events import ConnId, Event, LineReceived, LineTooLong, TelnetOptionRequested, TLSHelloReceived
 from .wire import DO, DONT, IAC, SB, SE, WILL
 
 DEFAULT_MAX_LINE = 4096
@@ -61,6 +64,14 @@ DEFAULT_MAX_LINE = 4096
 _LF = b"\n"
 _CR = 13
 _IAC_BYTE = bytes((IAC,))
+
+# How the stream began (``_opening``), for the TLS guard.
+_UNSEEN = 0
+_FIRST_BYTE_SEEN = 1  # 0x16, the first byte of a TLS record
+_PLAIN = 2  # anything else: a chat client
+_TLS = 3  # 0x16 0x03: a TLS client; TLSHelloReceived not yet taken
+_TLS_REPORTED = 4
+_TLS_RECORD = b"\x16\x03"
 
 # Telnet parser states.
 _DATA = 0  # plain data
@@ -100,6 +111,7 @@ class LineFramer:
         "_telnet",
         "_telnet_verb",
         "_ended",
+        "_opening",
         "_events",
         "_tokens",
         "_work",
@@ -121,6 +133,7 @@ class LineFramer:
         self._telnet = _DATA
         self._telnet_verb = 0
         self._ended = False
+        self._opening = _UNSEEN  # how the stream began: is it a TLS client's?
         self._events: list[Event] = []
         self._tokens = 0
         self._work = 0
@@ -132,6 +145,11 @@ class LineFramer:
         """Store ``data`` for parsing; cheap, and parses nothing."""
         if not data:
             return
+        if self._opening != _PLAIN:
+            if self._opening < _PLAIN:
+                self._look_at_opening(data)
+            if self._opening >= _TLS:
+                return  # a TLS client: nothing it sends is chat
         if self._pos < len(self._data):
             self._data = self._data[self._pos :] + data
             self._may_hold_iac = self._may_hold_iac or _IAC_BYTE in data
@@ -162,6 +180,8 @@ class LineFramer:
 
     def take(self, max_tokens: int, max_work: int) -> Taken:
         """Parse stored bytes until they run out or a budget would be passed."""
+        if self._opening >= _TLS:
+            return self._tls_taken()
         self._events = []
         self._tokens = 0
         self._work = 0
@@ -171,6 +191,30 @@ class LineFramer:
             self._drop_unfinished_if_done()
         # tuple.__new__ skips the NamedTuple's Python-level __new__: this is per read.
         return tuple.__new__(Taken, (self._events, self._tokens, self._lines))
+
+    # -- the opening: a TLS client on the plaintext port ---------------------
+
+    def _look_at_opening(self, data: bytes) -> None:
+        """A TLS record starts with 0x16 0x03 (handshake, version 3.x); no chat line does."""
+        if self._opening == _UNSEEN:
+            if data[0] != _TLS_RECORD[0]:
+                self._opening = _PLAIN
+                return
+            self._opening = _FIRST_BYTE_SEEN
+            data = data[1:]
+            if not data:
+                return
+        self._opening = _TLS if data[0] == _TLS_RECORD[1] else _PLAIN
+        if self._opening == _TLS:
+            self._data, self._pos, self._partial = b"", 0, bytearray()
+
+    def _tls_taken(self) -> Taken:
+        """``TLSHelloReceived`` once; nothing ever after."""
+        events: list[Event] = []
+        if self._opening == _TLS:
+            self._opening = _TLS_REPORTED
+            events.append(TLSHelloReceived(self._conn))
+        return tuple.__new__(Taken, (events, 0, 0))
 
     # -- parsing -----------------------------------------------------------
 

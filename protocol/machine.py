@@ -19,6 +19,7 @@ is in this table, and nowhere else::
                     shutting down                            server-shutting-down)
     AWAITING_LOGIN  LOGIN with a free valid name  LOGGED_IN (OK)
     AWAITING_LOGIN  a line that looks like HTTP   CLOSING  (no reply)
+    AWAITING_LOGIN  TLSHelloReceived              CLOSING  (no reply)
     any but CLOSING QUIT or EXIT                  CLOSING  (Goodbye!)
     any but CLOSING IdleTimedOut, or one of the   CLOSING  (ERR idle-timeout)
                     ConnectionsTimedOut
@@ -66,6 +67,7 @@ from .events import (
     LineTooLong,
     ShutdownStarted,
     TelnetOptionRequested,
+    TLSHelloReceived,
 )
 from .names import Username, maybe_name_key, parse_username
 from .text import WHITESPACE, clean_text, is_utf8, split_word
@@ -159,6 +161,7 @@ class ChatMachine:
             LineReceived: self._line_received,
             LineTooLong: self._line_too_long,
             TelnetOptionRequested: self._telnet_option_requested,
+            TLSHelloReceived: self._tls_hello_received,
             IdleTimedOut: self._idle_timed_out,
             ConnectionsTimedOut: self._connections_timed_out,
             ConnectionClosed: self._connection_closed,
@@ -255,6 +258,13 @@ class ChatMachine:
         if self._session(event.conn).state is CLOSING:
             return []
         return [Reply(event.conn, wire.telnet_refusal(event.command, event.option))]
+
+    def _tls_hello_received(self, event: TLSHelloReceived) -> list[Effect]:
+        session = self._session(event.conn)
+        if session.state is not AWAITING_LOGIN:
+            return []  # the framer only sees one at the start: a client that logged in never sends one
+        session.state = CLOSING
+        return [Close(event.conn, CloseReason.TLS_ON_PLAIN_PORT)]
 
     def _idle_timed_out(self, event: IdleTimedOut) -> list[Effect]:
         return self._time_out((event.conn,))

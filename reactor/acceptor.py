@@ -6,7 +6,8 @@ Each listening socket is registered for reading; "readable" means the
 kernel's listen queue holds connections.  ``accept_batch`` takes at most
 ``ACCEPTS_PER_TURN`` of them, so a connection storm cannot keep one turn
 from ending (the rest wait in the listen queue, where TCP keeps them), and
-hands each new socket to the loop.
+hands each new socket to the loop, saying whether it came from a TLS
+listener (the loop wraps those in TLS, ``reactor.tls``).
 
 Two guards keep accepting from hurting anybody:
 
@@ -63,9 +64,11 @@ class Acceptor:
         turn_log: TurnLog,
         counters: Counters,
         has_room: Callable[[], bool],
-        open_connection: Callable[[socket.socket, tuple], None],
+        open_connection: Callable[[socket.socket, tuple, bool], object],
+        tls_listeners: Iterable[socket.socket] = (),
     ) -> None:
-        self._listeners = list(listeners)
+        self._tls_listeners = list(tls_listeners)
+        self._listeners = list(listeners) + self._tls_listeners
         self._selector = selector
         self._wheel = wheel
         self._log = turn_log
@@ -100,7 +103,7 @@ class Acceptor:
         """Stop for good: close the listening sockets."""
         self._resume_timer.cancel()
         self.stop()
-        listeners, self._listeners = self._listeners, []
+        listeners, self._listeners, self._tls_listeners = self._listeners, [], []
         for listener in listeners:
             listener.close()
 
@@ -123,7 +126,7 @@ class Acceptor:
             peer = tuple(address[:2])
             if self._has_room():
                 self._counters.accepted += 1
-                self._open_connection(sock, peer)
+                self._open_connection(sock, peer, listener in self._tls_listeners)
             else:
                 self._refuse_at_once(sock, peer)
 

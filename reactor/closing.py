@@ -85,9 +85,9 @@ class Closer:
         conn.update_interest(self._max_output)
 
     def report(self, conn: Connection) -> None:
-        """Queue ``conn``'s end for the machine (once), to be taken at the flush."""
-        if not conn.reported:
-            conn.reported = True
+        """Queue ``conn``'s end for the machine (once, if it knew it), to be taken at the flush."""
+        if conn.known:
+            conn.known = False
             self._ended.append(conn)
 
     def take_ended(self) -> list[Connection]:

@@ -11,6 +11,7 @@ phase is one of the methods in the table; nothing else assigns ``phase``::
 
     phase       what happened                                method          next
     ----------  -------------------------------------------  --------------  ---------
+    HANDSHAKING the TLS handshake finished (reactor.tls)     handshake()     OPEN
     OPEN        the peer ended its stream (recv gave b"")    input_ended()   DRAINING
     OPEN or     the machine asked for a close after a        begin_flush()   FLUSHING
     DRAINING    flush, or the drained input is all handled
@@ -22,6 +23,8 @@ phase is one of the methods in the table; nothing else assigns ``phase``::
 
 What each phase allows:
 
+- HANDSHAKING (TLS only): the handshake's own reads and writes; the
+  protocol machine does not know the connection yet.
 - OPEN: read, handle input, send.  Reading pauses (the phase stays) while
   parsed input waits or unsent output is over ``--max-output``.
 - DRAINING: the peer sent its last byte; the complete lines it sent are
@@ -33,7 +36,8 @@ What each phase allows:
   reset that destroys the last line in flight.
 - CLOSED: the socket is closed; output for it is dropped.
 
-The phases are ordered, so the loop asks one question with one comparison:
+The phases after the handshake are ordered, so the loop asks one question
+with one comparison:
 ``phase < FLUSHING`` (input is still handled), ``phase < LINGERING``
 (output is still sent).  Close, linger and interest handling live here, as
 they do in asyncio's transports; *when* to do them is the loop's decision
@@ -85,18 +89,21 @@ class PeerGone(Exception):
 class Phase(enum.IntEnum):
     """Where a connection stands in its life; ordered, see the module's table."""
 
-    OPEN = 0
-    DRAINING = 1
-    FLUSHING = 2
-    LINGERING = 3
-    CLOSED = 4
+    HANDSHAKING = 0
+    OPEN = 1
+    DRAINING = 2
+    FLUSHING = 3
+    LINGERING = 4
+    CLOSED = 5
 
 
-OPEN, DRAINING, FLUSHING, LINGERING, CLOSED = Phase
+HANDSHAKING, OPEN, DRAINING, FLUSHING, LINGERING, CLOSED = Phase
 
 
 class Connection:
     """A client socket and everything the reactor keeps for it."""
+
+    tls = False  # a TLSConnection says True
 
     __slots__ = (
         "sock",
@@ -114,7 +121,7 @@ class Connection:
         "close_timer",
         "mask",
         "phase",
-        "reported",
+        "known",
         "unhandled",
         "_selector",
     )
@@ -146,7 +153,7 @@ class Connection:
         self.close_timer: CloseTimer | None = None
         self.mask = 0  # selector events registered; 0 = not registered
         self.phase = OPEN
-        self.reported = False  # the machine has been told it ended
+        self.known = False  # the machine has been told it opened, and not yet that it ended
         # Parsed events left unhandled when its output passed the limit mid-turn.
         self.unhandled: list[Event] | None = None
         self._selector = selector
@@ -219,6 +226,9 @@ class Connection:
             mask = READ
         if self.queue:
             mask |= WRITE
+        self._set_mask(mask)
+
+    def _set_mask(self, mask: int) -> None:
         if mask == self.mask:
             return
         if not mask:

@@ -69,6 +69,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Container, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from protocol import (
     Broadcast,
@@ -90,13 +91,16 @@ from protocol import (
 from .acceptor import LISTENER, Acceptor
 from .closing import Closer
 from .config import Config
-from .connection import CLOSED, FLUSHING, LINGERING, OPEN, WRITE, Connection, PeerGone
+from .connection import CLOSED, FLUSHING, HANDSHAKING, LINGERING, OPEN, WRITE, Connection, PeerGone
 from .logs import LOGGER_NAME, TurnLog
 from .outbox import Outbox
 from .ratelimit import UNLIMITED, TokenBucket
 from .stats import Counters, Stats
 from .timers import CallbackTimer, CloseTimer, FloodTimer, IdleTimer
 from .timerwheel import Timer, TimerWheel
+
+if TYPE_CHECKING:
+    import ssl
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -141,6 +145,8 @@ class Reactor:
         wakeup: socket.socket | None = None,
         after_turn: Callable[[], None] | None = None,
         selector: selectors.BaseSelector | None = None,
+        tls_listeners: Iterable[socket.socket] = (),
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self._config = config
         self._clock = clock
@@ -163,7 +169,13 @@ class Reactor:
             self.counters,
             has_room=lambda: len(self._connections) < self._socket_limit,
             open_connection=self.adopt,
+            tls_listeners=tls_listeners,
         )
+        self._tls_context: ssl.SSLContext | None = None
+        self._not_now: tuple[type[BaseException], ...] = (BlockingIOError, InterruptedError)
+        self._tls_buffered: list[Connection] = []  # TLS input the selector cannot see
+        if tls_context is not None:
+            self.set_tls_context(tls_context)
         self._closer = Closer(self._wheel, self._turn_log, self._forget, config.max_output)
         self._wakeup = wakeup
         self._after_turn = after_turn
@@ -230,8 +242,13 @@ class Reactor:
         self._acceptor.close()
         self._selector.close()
 
-    def adopt(self, sock: socket.socket, peer: tuple) -> Connection:
-        """Serve a connected socket: one ``accept`` gave it, or a test's socket pair."""
+    def adopt(self, sock: socket.socket, peer: tuple, tls: bool = False) -> Connection | None:
+        """Serve a connected socket: one ``accept`` gave it, or a test's socket pair.
+
+        With ``tls`` the socket is wrapped in the current TLS context first,
+        and becomes a chat connection once its handshake is done.  Returns
+        the connection (``None`` if it could not even be set up).
+        """
         sock.setblocking(False)
         try:
             # Without it, Nagle's algorithm and delayed ACKs stall a client
@@ -242,15 +259,66 @@ class Reactor:
         config = self._config
         now = self._now
         bucket = TokenBucket(config.rate, config.burst, now) if config.rate else None
+        self._turn_log.note(f"New connection from {peer}")
+        if tls:
+            return self._adopt_tls(sock, peer, bucket)
         conn = Connection(sock, peer, config.max_line, bucket, now, self._selector)
         self._connections.add(conn)
         conn.update_interest(self._max_output)
-        self._turn_log.note(f"New connection from {peer}")
+        self._open(conn)
+        return conn
+
+    def _open(self, conn: Connection) -> None:
+        """``conn`` is a chat connection from now on: its idle timer runs, the machine knows it."""
         if self._idle_timeout:
             conn.idle_timer = IdleTimer(conn)
-            self._wheel.schedule(conn.idle_timer, now + self._idle_timeout)
+            self._wheel.schedule(conn.idle_timer, self._now + self._idle_timeout)
+        conn.known = True
         self._apply(self._machine.handle(ConnectionOpened(conn)))
+
+    def set_tls_context(self, context: ssl.SSLContext) -> None:
+        """Use ``context`` for new TLS handshakes (a renewed certificate); open ones keep theirs."""
+        if self._tls_context is None:
+            from . import tls  # only a server with TLS pays for importing ssl's machinery
+
+            self._not_now += tls.WOULD_BLOCK
+        self._tls_context = context
+
+    # -- TLS -------------------------------------------------------------------
+
+    def _adopt_tls(self, sock: socket.socket, peer: tuple, bucket: TokenBucket | None) -> Connection | None:
+        from .tls import HANDSHAKE_TIMEOUT, TLSConnection
+
+        assert self._tls_context is not None, "a TLS listener needs a TLS context"
+        try:
+            wrapped = self._tls_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except (OSError, ValueError) as error:
+            self._turn_log.log(logging.DEBUG, "TLS setup for %s failed: %s", peer, error)
+            sock.close()
+            self._turn_log.note(f"Connection closed: {peer}")
+            return None
+        conn = TLSConnection(
+            wrapped, peer, self._config.max_line, bucket, self._now, self._selector,
+            buffered=self._tls_buffered,
+        )
+        self._connections.add(conn)
+        conn.close_timer = CloseTimer(conn)
+        self._wheel.schedule(conn.close_timer, self._now + HANDSHAKE_TIMEOUT)
+        self._handshake(conn)
         return conn
+
+    def _handshake(self, conn: Connection) -> None:
+        """Take a TLS handshake one step further; open the chat connection when it is done."""
+        try:
+            done = conn.handshake()  # type: ignore[attr-defined]
+        except PeerGone as error:
+            self._turn_log.log(logging.DEBUG, "TLS handshake with %s failed: %s", conn.peer, error)
+            self._closer.close_now(conn)
+            return
+        if done:
+            conn.close_timer.cancel()  # type: ignore[union-attr]
+            self._open(conn)
+        conn.update_interest(self._max_output)
 
     def call_every(self, interval: float, callback: Callable[[], None]) -> None:
         """Run ``callback`` every ``interval`` seconds of the loop's clock, from the loop.
@@ -294,7 +362,12 @@ class Reactor:
 
     def _select_timeout(self) -> float | None:
         """Sleep until the next timer or the shutdown deadline; not at all if work waits."""
-        if self._backlog or self._due_timers or (self._shutdown_requested and self._stop_at is None):
+        if (
+            self._backlog
+            or self._due_timers
+            or self._tls_buffered
+            or (self._shutdown_requested and self._stop_at is None)
+        ):
             return 0.0
         wake = self._wheel.next_wakeup()
         if self._stop_at is not None:
@@ -313,6 +386,8 @@ class Reactor:
                 self._acceptor.accept_batch(key.fileobj, self._now)  # type: ignore[arg-type]
             elif target is _WAKEUP:
                 self._drain_wakeup()
+            elif target.phase is HANDSHAKING:
+                readable.append(target)  # the handshake itself says whether it can go on
             elif target.phase is not CLOSED:  # an earlier event this turn may have closed it
                 if mask & WRITE:
                     self._writable.append(target)
@@ -333,6 +408,9 @@ class Reactor:
     def _read(self, readable: list[Connection]) -> None:
         """Serve the connections put off last turn, then the newly readable, within the budget."""
         backlog, self._backlog = self._backlog, {}
+        if self._tls_buffered:
+            backlog.update(dict.fromkeys(self._tls_buffered))
+            self._tls_buffered.clear()
         put_off: dict[Connection, None] = {}
         stop_at = self._now + READ_BUDGET
         clock = self._clock
@@ -344,6 +422,8 @@ class Reactor:
                     continue
                 if clock() >= stop_at:
                     put_off[conn] = None
+                elif conn.phase is HANDSHAKING:
+                    self._handshake(conn)
                 elif conn.input_waiting and conn.phase < FLUSHING:
                     self._resume(conn)
                 else:
@@ -356,9 +436,9 @@ class Reactor:
         """One ``recv``, fed to the framer, then the lines it completes handled."""
         try:
             data = conn.sock.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
+        except self._not_now:
             return
-        except OSError:
+        except (OSError, ValueError):
             self._closer.close_now(conn)
             return
         if conn.phase is LINGERING:
@@ -368,6 +448,8 @@ class Reactor:
         if data:
             self.counters.bytes_in += len(data)
             conn.framer.feed(data)
+            if conn.tls and conn.has_buffered_input:  # type: ignore[attr-defined]
+                self._tls_buffered.append(conn)
         else:
             conn.input_ended()
         self._pump(conn)
@@ -501,6 +583,12 @@ class Reactor:
                 "closing %s: it sent an HTTP request to the chat port (cross-protocol guard)",
                 conn.peer,
             )
+        elif reason is CloseReason.TLS_ON_PLAIN_PORT:
+            self._turn_log.log(
+                logging.WARNING,
+                "closing %s: it began a TLS handshake on the plaintext port (cross-protocol guard)",
+                conn.peer,
+            )
         if reason.flush_first:
             self._closer.close_after_flush(conn, self._now, self._stop_at)
         else:
@@ -601,6 +689,7 @@ class Reactor:
         here, and may make a slow consumer of the member.
         """
         size = len(payload)
+        not_now = self._not_now
         for conn in members:
             if conn in skip:
                 continue
@@ -609,7 +698,7 @@ class Reactor:
                 continue
             try:
                 sent = conn.sock.send(payload)
-            except (BlockingIOError, InterruptedError):
+            except not_now:
                 sent = 0
             except OSError:
                 self._closer.close_now(conn)
@@ -672,6 +761,8 @@ class Reactor:
         self._turn_log.log(logging.INFO, "Shutting down: %d connection(s) open", len(self._connections))
         self._stop_at = self._now + SHUTDOWN_TIMEOUT
         self._acceptor.close()
+        for conn in [conn for conn in self._connections if conn.phase is HANDSHAKING]:
+            self._closer.close_now(conn)  # not yet a chat connection: nothing to tell it
         self._apply(self._machine.handle(ShutdownStarted()))
 
     def _close_everything(self) -> None:

@@ -116,7 +116,9 @@ class LoopHarness:
         server_end, client_end = socket.socketpair()
         peer = Peer(client_end)
         self._peers.append(peer)
-        self.server_side[peer] = self.reactor.adopt(server_end, ("pair", len(self._peers)))
+        conn = self.reactor.adopt(server_end, ("pair", len(self._peers)))
+        assert conn is not None
+        self.server_side[peer] = conn
         return peer
 
     def login(self, name: str) -> Peer:

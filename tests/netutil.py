@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 
 from reactor.config import Config
+from reactor.logs import LOGGER_NAME
 from reactor.loop import Reactor
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -113,6 +114,15 @@ class Client(LineSource):
         self.sock.close()
 
 
+class TLSClient(Client):
+    """A ``Client`` over TLS, verifying the server's certificate with ``context``."""
+
+    def __init__(self, port: int, context, server_hostname: str = "localhost") -> None:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = context.wrap_socket(raw, server_hostname=server_hostname)
+
+
 class SmallBufferClient(Client):
     """A ``Client`` whose kernel buffers are set before connecting.
 
@@ -187,14 +197,25 @@ class ThreadedServer:
     survives in production by closing only the connection concerned.
     """
 
-    def __init__(self, selector=None, **settings) -> None:
+    def __init__(self, selector=None, tls_context=None, **settings) -> None:
         self._errors = _ErrorRecords()
-        logging.getLogger("chat").addHandler(self._errors)
+        logging.getLogger(LOGGER_NAME).addHandler(self._errors)
         self.config = dataclasses.replace(Config(host="127.0.0.1", port=0), **settings)
         listener = socket.create_server(("127.0.0.1", 0))
         self.port = listener.getsockname()[1]
+        tls_listeners = []
+        if tls_context is not None:  # a TLS port beside the plaintext one
+            tls_listeners.append(socket.create_server(("127.0.0.1", 0)))
+            self.tls_port = tls_listeners[0].getsockname()[1]
         self._wake_read, self._wake_write = socket.socketpair()
-        self.reactor = Reactor([listener], self.config, wakeup=self._wake_read, selector=selector)
+        self.reactor = Reactor(
+            [listener],
+            self.config,
+            wakeup=self._wake_read,
+            selector=selector,
+            tls_listeners=tls_listeners,
+            tls_context=tls_context,
+        )
         self._error: list[BaseException] = []
         self._thread = threading.Thread(target=self._run, name="reactor", daemon=True)
         self._thread.start()
@@ -219,7 +240,7 @@ class ThreadedServer:
         assert not self._thread.is_alive(), "the reactor did not stop"
         self._wake_read.close()
         self._wake_write.close()
-        logging.getLogger("chat").removeHandler(self._errors)
+        logging.getLogger(LOGGER_NAME).removeHandler(self._errors)
         if self._error:
             raise self._error[0]
         assert not self._errors.records, [record.getMessage() for record in self._errors.records]

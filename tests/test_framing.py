@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol import LineFramer, LineReceived, LineTooLong, TelnetOptionRequested
+from protocol import LineFramer, LineReceived, LineTooLong, TelnetOptionRequested, TLSHelloReceived
 
 IAC, DONT, DO, WONT, WILL, SB, SE, IP, NOP = 255, 254, 253, 252, 251, 250, 240, 244, 241
 TIMING_MARK = 6
@@ -253,6 +253,29 @@ def test_a_telnet_command_split_across_feeds_is_still_removed():
         framer.feed(bytes([byte]))
         got += framer.take(UNLIMITED, UNLIMITED).events
     assert got == [TelnetOptionRequested("c", DO, TIMING_MARK), LineReceived("c", b"hi")]
+
+
+# -- a TLS client on the plaintext port -------------------------------------------
+
+
+@pytest.mark.parametrize("cut", [1, 2, 5])
+def test_a_stream_that_begins_with_a_tls_record_is_reported_once_and_ignored(cut):
+    hello = b"\x16\x03\x01\x02\x00\x01" + b"\x00" * 40 + b"\nPING\n"  # an LF inside, as may happen
+    framer = LineFramer("c")
+    events = []
+    for start in range(0, len(hello), cut):
+        framer.feed(hello[start : start + cut])
+        events += framer.take(UNLIMITED, UNLIMITED).events
+    framer.feed(b"PING\n")
+    events += framer.take(UNLIMITED, UNLIMITED).events
+    assert events == [TLSHelloReceived("c")]
+    assert not framer.pending and framer.buffered == 0
+
+
+@pytest.mark.parametrize("opening", [b"\x16PING\n", b"\x16", b"PING\n\x16\x03\n", b"\x03\x16\n"])
+def test_only_the_first_two_bytes_decide(opening):
+    events = frame(opening).events
+    assert not any(isinstance(event, TLSHelloReceived) for event in events)
 
 
 # -- properties against a reference model ----------------------------------------

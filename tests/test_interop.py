@@ -508,7 +508,6 @@ def _read_until_closed_keeping_watcher_busy(junk: Client, watcher: Client, timeo
 @pytest.mark.parametrize(
     "make_junk",
     [
-        pytest.param(tls_client_hello, id="tls-client-hello"),
         pytest.param(lambda rng: random_binary(rng, 4096), id="random-4KiB"),
         pytest.param(lambda rng: random_binary(rng, 16384), id="random-16KiB"),
     ],
@@ -538,6 +537,23 @@ def test_junk_gets_at_most_one_err_per_line_then_an_idle_timeout(make_junk, seed
         watcher.sync()  # no INFO: the junk never logged in
         watcher.close()
         junk.close()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_tls_client_hello_on_the_plaintext_port_is_closed_silently_at_once(seed):
+    """Before, it got ERR lines and waited for the idle timeout; a TLS client hung meanwhile."""
+    hello = tls_client_hello(random.Random(seed))
+    with threaded_server(idle_timeout=60) as server:
+        watcher = login(server.port, "watcher")
+        junk = Client(server.port)
+        junk.send(hello[:1])  # the record's first byte alone, then the rest
+        watcher.sync()
+        junk.send(hello[1:])
+        assert junk.read_until_closed() == b""  # no reply at all, and well before 60 s
+        watcher.say("WHO")
+        watcher.expect("USER watcher")
+        watcher.sync()
+        watcher.close()
 
 
 def test_binary_without_a_line_end_gets_one_line_too_long_then_an_idle_timeout():

@@ -19,6 +19,7 @@ from helpers import Chat
 
 from protocol import (
     Broadcast,
+    Close,
     CloseReason,
     ConnectionsTimedOut,
     Deliver,
@@ -28,6 +29,7 @@ from protocol import (
     Reply,
     ShutdownStarted,
     TelnetOptionRequested,
+    TLSHelloReceived,
 )
 
 # Telnet bytes (RFC 854).
@@ -709,6 +711,17 @@ def test_no_info_when_an_anonymous_connection_ends():
     chat.send("anon", b"LOGIN bad name")
     chat.outputs()
     chat.close("anon")
+    assert chat.outputs() == {}
+
+
+def test_a_tls_client_on_the_plaintext_port_is_closed_silently():
+    chat = room("Yudi")
+    chat.open("tls")
+    assert chat.event(TLSHelloReceived("tls")) == [Close("tls", CloseReason.TLS_ON_PLAIN_PORT)]
+    assert chat.outputs() == {}
+    assert not CloseReason.TLS_ON_PLAIN_PORT.flush_first
+    assert chat.event(TLSHelloReceived("tls")) == []  # closing already: nothing more
+    chat.close("tls")
     assert chat.outputs() == {}
 
 

@@ -15,7 +15,15 @@ import subprocess
 import pytest
 from netutil import LineSource
 
-PACKAGES = {"nc": "netcat-openbsd", "socat": "socat", "ncat": "ncat", "telnet": "telnet", "tmux": "tmux"}
+PACKAGES = {
+    "nc": "netcat-openbsd",
+    "socat": "socat",
+    "ncat": "ncat",
+    "telnet": "telnet",
+    "tmux": "tmux",
+    "openssl": "openssl",
+    "redis-server": "redis-server",
+}
 
 
 def require(tool: str) -> str:

@@ -1,0 +1,347 @@
+"""TLS beside plaintext, in the same loop: real handshakes, real third-party clients.
+
+Certificates are made at test time by ``trustme`` (a private CA and a
+certificate for localhost and 127.0.0.1), written to a temporary directory
+and thrown away: no private key is ever committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import struct
+import subprocess
+import warnings
+
+import pytest
+import trustme
+from loopharness import LoopHarness
+from netutil import Client, TLSClient, login, threaded_server
+from tools import ProcessClient, require
+
+from reactor.connection import CLOSED, HANDSHAKING, OPEN
+from reactor.logs import LOGGER_NAME
+from reactor.loop import TICK
+from reactor.tls import HANDSHAKE_TIMEOUT, TLSSetupError, server_context
+
+
+class Certificates:
+    """One CA, the server's certificate and key as files, and contexts for both ends."""
+
+    def __init__(self, directory, name: str = "ca") -> None:
+        self.ca = trustme.CA()
+        issued = self.ca.issue_cert("localhost", "127.0.0.1")
+        self.cert_file = directory / f"{name}-server.pem"
+        self.key_file = directory / f"{name}-server.key"
+        self.ca_file = directory / f"{name}.pem"
+        for blob in issued.cert_chain_pems:
+            with open(self.cert_file, "ab") as out:
+                out.write(blob.bytes())
+        issued.private_key_pem.write_to_path(str(self.key_file))
+        self.ca.cert_pem.write_to_path(str(self.ca_file))
+
+    def server_context(self) -> ssl.SSLContext:
+        return server_context(str(self.cert_file), str(self.key_file))
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+
+@pytest.fixture
+def certs(tmp_path) -> Certificates:
+    return Certificates(tmp_path)
+
+
+@pytest.fixture
+def tls_server(certs):
+    with threaded_server(tls_context=certs.server_context()) as server:
+        yield server
+
+
+def tls_login(server, certs, name: str) -> TLSClient:
+    client = TLSClient(server.tls_port, certs.client_context())
+    client.say(f"LOGIN {name}")
+    client.expect("OK")
+    return client
+
+
+# -- the seed session, and plaintext beside it ----------------------------------------
+
+
+def test_the_seed_session_over_tls_byte_for_byte(tls_server, certs):
+    naman = TLSClient(tls_server.tls_port, certs.client_context())
+    yudi = Client(tls_server.port)  # plaintext and TLS users share one chat
+    naman.send(b"LOGIN Naman\n")
+    assert naman.line() == b"OK"
+    yudi.send(b"LOGIN Yudi\n")
+    assert yudi.line() == b"OK"
+    naman.send(b"MSG hi everyone!\nMSG how are you?\n")
+    assert yudi.line() == b"MSG Naman hi everyone!"
+    assert yudi.line() == b"MSG Naman how are you?"
+    yudi.send(b"MSG hello Naman!\n")
+    assert naman.line() == b"MSG Yudi hello Naman!"
+    naman.send(b"WHO\n")
+    assert (naman.line(), naman.line()) == (b"USER Naman", b"USER Yudi")
+    naman.send(b"QUIT\n")
+    assert naman.line() == b"Goodbye!"
+    assert naman.read_until_closed() == b""
+    assert yudi.line() == b"INFO Naman disconnected"
+
+
+def test_a_broadcast_reaches_many_tls_users_in_order(tls_server, certs):
+    users = [tls_login(tls_server, certs, f"u{i}") for i in range(20)]
+    sender = login(tls_server.port, "sender")
+    sender.say(*[f"MSG line {n}" for n in range(200)])
+    for user in users:
+        user.expect(*[f"MSG sender line {n}" for n in range(200)])
+        user.sync()
+
+
+# -- real third-party TLS clients -------------------------------------------------------
+
+
+def chat_through(argv: list[str], server) -> None:
+    client = ProcessClient(argv)
+    try:
+        client.say("LOGIN tool", "PING", "WHO")
+        client.expect("OK", "PONG", "USER tool")
+        watcher = login(server.port, "watcher")
+        watcher.say("MSG hello tool")
+        client.expect("MSG watcher hello tool")
+        client.say("QUIT")
+        client.expect("Goodbye!")
+        watcher.expect("INFO tool disconnected")
+    finally:
+        client.close()
+
+
+def test_openssl_s_client(tls_server, certs):
+    require("openssl")
+    chat_through(
+        [
+            "openssl", "s_client", "-quiet", "-verify_return_error", "-CAfile", str(certs.ca_file),
+            "-verify_hostname", "localhost", "-connect", f"127.0.0.1:{tls_server.tls_port}",
+        ],
+        tls_server,
+    )
+
+
+def test_socat(tls_server, certs):
+    require("socat")
+    chat_through(
+        ["socat", "-", f"OPENSSL:127.0.0.1:{tls_server.tls_port},cafile={certs.ca_file},commonname=localhost"],
+        tls_server,
+    )
+
+
+def test_ncat(tls_server, certs):
+    require("ncat")
+    chat_through(
+        ["ncat", "--ssl", "--ssl-verify", "--ssl-trustfile", str(certs.ca_file), "localhost",
+         str(tls_server.tls_port)],
+        tls_server,
+    )
+
+
+# -- what is refused -------------------------------------------------------------------
+
+
+@pytest.fixture
+def debug_records():
+    """The server's DEBUG records while the test runs."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger(LOGGER_NAME)
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def handshake_failures(records) -> list[str]:
+    return [r.getMessage() for r in records if r.getMessage().startswith("TLS handshake with")]
+
+
+def test_plaintext_to_the_tls_port_is_closed_with_one_debug_line(tls_server, debug_records):
+    client = Client(tls_server.tls_port)
+    client.say("LOGIN plain", "PING")
+    assert b"OK" not in client.read_until_closed()
+    watcher = login(tls_server.port, "watcher")
+    watcher.sync()  # the server has handled the failure: its log line is written
+    assert len(handshake_failures(debug_records)) == 1
+    assert not any(r.exc_info for r in debug_records)  # no traceback
+
+
+def test_a_tls_1_0_client_is_refused(tls_server, debug_records):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")  # so the client itself may offer TLS 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # deprecated: the point
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1
+    raw = socket.create_connection(("127.0.0.1", tls_server.tls_port), timeout=5)
+    with pytest.raises(ssl.SSLError):
+        context.wrap_socket(raw)
+    raw.close()
+    login(tls_server.port, "watcher").sync()
+    assert len(handshake_failures(debug_records)) == 1
+
+
+def test_openssl_s_client_on_the_plaintext_port_is_refused(tls_server, certs):
+    require("openssl")
+    completed = subprocess.run(
+        ["openssl", "s_client", "-CAfile", str(certs.ca_file), "-connect", f"127.0.0.1:{tls_server.port}"],
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=10,
+    )
+    assert completed.returncode != 0  # no handshake: the server closed at its ClientHello
+    login(tls_server.port, "watcher").sync()
+
+
+def test_an_unverifiable_server_is_refused_by_a_verifying_client(tls_server, tmp_path):
+    strangers = Certificates(tmp_path, "other")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        TLSClient(tls_server.tls_port, strangers.client_context())
+
+
+# -- the handshake is bounded -----------------------------------------------------------
+
+
+def test_a_stalled_handshake_is_closed_at_its_deadline(certs):
+    loop = LoopHarness()
+    try:
+        loop.reactor.set_tls_context(certs.server_context())
+        server_end, client_end = socket.socketpair()
+        conn = loop.reactor.adopt(server_end, ("pair", 1), tls=True)
+        assert conn is not None and conn.phase is HANDSHAKING
+        client_end.sendall(b"\x16\x03\x01\x00")  # the start of a ClientHello, then nothing
+        loop.advance(HANDSHAKE_TIMEOUT - 0.001)
+        assert conn.phase is HANDSHAKING
+        assert loop.reactor.stats().users == 0 and len(loop.reactor._machine) == 0  # not a chat client
+        loop.advance(0.001 + TICK)
+        assert conn.phase is CLOSED
+        client_end.close()
+    finally:
+        loop.close()
+
+
+def test_500_stalled_handshakes_do_not_stop_a_healthy_client(tls_server, certs):
+    stalled = []
+    try:
+        for _ in range(500):
+            sock = socket.create_connection(("127.0.0.1", tls_server.tls_port), timeout=5)
+            sock.sendall(b"\x16\x03\x01")  # a ClientHello that never finishes
+            stalled.append(sock)
+        healthy = tls_login(tls_server, certs, "healthy")
+        healthy.sync()
+        plain = login(tls_server.port, "plain")
+        plain.say("MSG still here")
+        healthy.expect("MSG plain still here")
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+# -- every guarantee over TLS -------------------------------------------------------------
+
+
+def test_idle_timeout_over_tls(certs):
+    with threaded_server(tls_context=certs.server_context(), idle_timeout=0.3) as server:
+        client = TLSClient(server.tls_port, certs.client_context())
+        assert client.read_until_closed() == b"ERR idle-timeout\n"
+
+
+def test_shutdown_over_tls(certs):
+    server = threaded_server(tls_context=certs.server_context())
+    with server as running:
+        client = tls_login(running, certs, "ann")
+        running.reactor.request_shutdown()
+        running._wake_write.send(b"\0")
+        assert client.read_until_closed() == b"ERR server-shutting-down\n"
+
+
+def test_a_slow_consumer_over_tls_is_evicted(certs):
+    max_output = 64 << 10
+    with threaded_server(tls_context=certs.server_context(), max_output=max_output, rate=0) as server:
+        context = certs.client_context()
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+        raw.settimeout(5)
+        raw.connect(("127.0.0.1", server.tls_port))
+        slow = context.wrap_socket(raw, server_hostname="localhost")
+        slow.sendall(b"LOGIN slow\n")  # and never reads again
+        watcher = login(server.port, "watcher")
+        talker = login(server.port, "talker")
+        line = "MSG " + "x" * 4000
+        received: list[str] = []
+        for _ in range(200):  # 8 MB: more than the kernel's buffers and --max-output hold together
+            talker.say(*[line] * 10, "PING")
+            talker.expect("PONG")
+            watcher.say("PING")
+            while (text := watcher.line().decode()) != "PONG":  # its 10 lines, perhaps the INFO
+                received.append(text)
+            if "INFO slow disconnected" in received:
+                break
+        assert "INFO slow disconnected" in received
+        delivered = [text for text in received if text.startswith("MSG talker ")]
+        assert len(delivered) % 10 == 0 and delivered  # nobody else lost a line
+        slow.close()
+
+
+def test_a_peer_that_resets_mid_session_costs_only_itself(tls_server, certs):
+    gone = tls_login(tls_server, certs, "gone")
+    watcher = login(tls_server.port, "watcher")
+    raw = gone.sock
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.close()
+    watcher.expect("INFO gone disconnected")
+    watcher.sync()
+
+
+# -- renewing the certificate -------------------------------------------------------------
+
+
+def test_a_new_context_serves_new_handshakes_and_open_sessions_go_on(tls_server, certs, tmp_path):
+    before = tls_login(tls_server, certs, "before")
+    renewed = Certificates(tmp_path, "renewed")
+    tls_server.reactor.set_tls_context(renewed.server_context())
+    tls_server._wake_write.send(b"\0")
+    after = tls_login(tls_server, renewed, "after")  # verifies only with the new CA
+    assert after.sock.getpeercert()["issuer"] != before.sock.getpeercert()["issuer"]
+    before.say("MSG still here")
+    after.expect("MSG before still here")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        TLSClient(tls_server.tls_port, certs.client_context())  # the old CA no longer fits
+
+
+# -- the context ---------------------------------------------------------------------------
+
+
+def test_the_server_context_speaks_tls_1_2_and_newer_only(certs):
+    context = certs.server_context()
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert context.options & ssl.OP_NO_RENEGOTIATION
+
+
+def test_bad_files_are_named(certs, tmp_path):
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(TLSSetupError, match="missing.pem: no such file"):
+        server_context(str(missing), str(certs.key_file))
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    with pytest.raises(TLSSetupError, match="garbage.pem"):
+        server_context(str(garbage), str(certs.key_file))
+    other = Certificates(tmp_path, "other")
+    with pytest.raises(TLSSetupError, match="key"):
+        server_context(str(certs.cert_file), str(other.key_file))  # a key that does not match
+
+
+def test_phases_after_the_handshake(tls_server, certs):
+    client = tls_login(tls_server, certs, "ann")
+    client.sync()
+    (conn,) = [c for c in tls_server.reactor._connections if c.tls]
+    assert conn.phase is OPEN
