@@ -241,3 +241,19 @@ def test_the_seed_session_through_netcat():
             for client in (naman, yudi):
                 if client.process.poll() is None:
                     client.process.kill()
+
+
+def test_the_readme_s_piped_netcat_line_ends_by_itself():
+    """README: ``printf ... | nc -N localhost 4000`` prints the answers and exits, with no QUIT."""
+    require("nc")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"\n\$ (printf [^\n]*\| nc -N) localhost 4000\n(.*?)```", readme, flags=re.S)
+    assert match, "README.md has no piped nc example"
+    pipeline, expected = match.groups()
+    with server_process() as server:
+        result = subprocess.run(
+            ["sh", "-c", f"{pipeline} 127.0.0.1 {server.port}"], capture_output=True, text=True, timeout=20
+        )
+        status, _, _ = server.stop()
+    assert (result.returncode, result.stdout) == (0, expected)
+    assert status == 0
