@@ -20,7 +20,9 @@ possible sources, in this order of precedence:
 2. the environment variable, read only for settings the command line left
    unset (so a stale, bad ``PORT`` never blocks ``--port 5000``).  Leading
    and trailing whitespace is stripped (``.env`` files leave a stray ``\\r``),
-   and a variable that is then empty counts as unset;
+   and a variable that is then empty counts as unset.  The host's variable
+   is ``CHAT_HOST``, not ``HOST``: tcsh and zsh set ``HOST`` to the
+   machine's name, which would silently bind that one address;
 3. the field's default in ``Config``, the one place defaults are written.
 
 The flag and the variable go through the same converter, so they obey one
@@ -29,6 +31,12 @@ rule and fail with one message text; only the prefix differs
 plain ASCII decimal notation only: Python's own ``int()`` and ``float()``
 would also take ``1_000``, Arabic-Indic digits and ``nan``, none of which an
 operator means as a port or a timeout.
+
+``--host`` is the one setting that takes several values: the flag may be
+repeated, and each value (the variable's too) may be a comma-separated
+list.  ``Config.host`` keeps them as one comma-separated string, in order
+and without repeats, and ``Config.hosts`` splits it; a comma never occurs
+in a host name or an IP address.
 
 Imports: the standard library and ``protocol`` (for ``__version__``) only.
 """
@@ -56,6 +64,7 @@ __all__ = [
     "DEFAULT_MAX_OUTPUT",
     "DEFAULT_PORT",
     "DEFAULT_RATE",
+    "DEFAULT_STATS_INTERVAL",
     "LOG_LEVELS",
     "PROG",
     "Config",
@@ -74,6 +83,7 @@ DEFAULT_MAX_OUTPUT = 1048576
 DEFAULT_RATE = 50.0
 DEFAULT_BURST = 100
 DEFAULT_LOG_LEVEL = "INFO"
+DEFAULT_STATS_INTERVAL = 0.0
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -88,7 +98,7 @@ class Config:
     embedders can build any ``Config`` they need directly.
     """
 
-    host: str = DEFAULT_HOST
+    host: str = DEFAULT_HOST  # one address, or several separated by commas
     port: int = DEFAULT_PORT  # 0 = any free port
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT  # seconds, 0 = off
     max_clients: int = DEFAULT_MAX_CLIENTS
@@ -97,6 +107,12 @@ class Config:
     rate: float = DEFAULT_RATE  # lines per second, 0 = flood control off
     burst: int = DEFAULT_BURST
     log_level: str = DEFAULT_LOG_LEVEL  # one of LOG_LEVELS
+    stats_interval: float = DEFAULT_STATS_INTERVAL  # seconds between statistics lines, 0 = none
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The addresses to listen on, in the order given."""
+        return tuple(self.host.split(","))
 
 
 # -- converters: text -> value, or ArgumentTypeError with the rule broken ----
@@ -170,15 +186,20 @@ def _non_negative(rule: str) -> Converter:
     return non_negative
 
 
-def _host(text: str) -> str:
-    """Any non-empty text without whitespace or control characters.
+def _hosts(text: str) -> str:
+    """One host, or several separated by commas: each non-empty, without spaces or control characters.
 
     Resolution happens at bind time; this only catches what can never be a
-    host name or address (an empty ``--host ""``, a stray space).
+    host name or address (an empty ``--host ""``, a stray space, ``a,,b``).
+    Repeats are dropped; the result is the canonical comma-separated form.
     """
-    if not text or not text.isprintable() or any(c.isspace() for c in text):
-        raise _refusal("a host name or IP address (no spaces)", text)
-    return text
+    hosts: list[str] = []
+    for host in text.split(","):
+        if not host or not host.isprintable() or any(c.isspace() for c in host):
+            raise _refusal("a host name or IP address, or several separated by commas (no spaces)", text)
+        if host not in hosts:
+            hosts.append(host)
+    return ",".join(hosts)
 
 
 def _log_level(text: str) -> str:
@@ -206,6 +227,7 @@ class _Setting:
     help: str
     group: str
     shown_default: str | None = None  # when str(default) says too little
+    repeatable: bool = False  # the flag may be given several times; the values add up
 
     @property
     def flag(self) -> str:
@@ -218,10 +240,12 @@ _LOGGING = "logging"
 
 _SETTINGS = (
     _Setting(
-        "host", "HOST", "ADDRESS", _host,
-        "address to listen on: an IP address or a host name; "
+        "host", "CHAT_HOST", "ADDRESS", _hosts,
+        "address to listen on: an IP address or a host name; repeat the flag, "
+        "or separate addresses with commas, to listen on several; "
         "'::' listens dual-stack on IPv6 and IPv4",
         _LISTEN,
+        repeatable=True,
     ),
     _Setting(
         "port", "PORT", "PORT", _whole_number(0, MAX_PORT),
@@ -272,6 +296,13 @@ _SETTINGS = (
         f"{', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}, in any case",
         _LOGGING,
     ),
+    _Setting(
+        "stats_interval", None, "SECONDS",
+        _non_negative("a number of seconds >= 0 (0 turns it off)"),
+        "log a line of statistics (the one SIGUSR1 asks for) every SECONDS "
+        "seconds; 0 turns it off",
+        _LOGGING,
+    ),
 )
 
 # -- the parser ----------------------------------------------------------------
@@ -291,10 +322,22 @@ examples:
   PORT=5000 chat-server
   chat-server --host 127.0.0.1 --idle-timeout 300
   chat-server --host ::
+  chat-server --host 127.0.0.1 --host ::1
+  CHAT_HOST=127.0.0.1,::1 chat-server
+  chat-server --stats-interval 3600
 
 `--host ::` listens dual-stack, on IPv6 and IPv4 at once; the default 0.0.0.0
-is IPv4 only. An empty environment variable counts as unset. A bad value stops
-the server before it binds, with exit status 2."""
+is IPv4 only. Where IPv6 is not available, `--host ::` listens on IPv4 alone
+(with a warning) and an IPv6 address fails with exit status 1. The host's
+variable is CHAT_HOST: HOST is not read, since shells set it to the machine's
+name. An empty environment variable counts as unset.
+
+SIGUSR1 logs one line of statistics. Under systemd, Type=notify and socket
+activation (LISTEN_FDS, which replaces --host and --port) work as they are:
+see docs/operations.md, "Running it as a service".
+
+exit status: 0 after a shutdown (SIGINT, SIGTERM); 1 when it cannot listen;
+2 for a bad flag or variable, or a Python older than 3.10."""
 
 
 def _show_default(value: object) -> str:
@@ -338,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
             setting.flag,
             dest=setting.field,
             type=setting.convert,
+            action="append" if setting.repeatable else "store",
             default=None,
             metavar=setting.metavar,
             help=_help_line(setting),
@@ -378,6 +422,8 @@ def parse_config(
     values = {}
     for setting in _SETTINGS:
         value = getattr(given, setting.field)
+        if setting.repeatable and value is not None:
+            value = setting.convert(",".join(value))  # the flags' values, joined, without repeats
         if value is None:
             value = _maybe_from_env(parser, setting, env)
         if value is not None:

@@ -1,22 +1,39 @@
-"""The ``chat-server`` daemon: configuration, logging, the listening socket, signals.
+"""The ``chat-server`` daemon: configuration, logging, the listening sockets, signals, systemd.
 
-Everything here happens once, at start or at stop; the loop itself is in
-``reactor.loop``.  The order matters and is the contract with operators:
+Everything here happens once, at start or at stop, or now and then at an
+operator's request; the loop itself is in ``reactor.loop``.  The order
+matters and is the contract with operators:
 
 1. parse flags and environment (``reactor.config``): a bad value exits 2
    before anything is bound;
 2. fit ``--max-clients`` to the descriptor limit (``reactor.limits``);
-3. bind and listen: a port in use is one line and exit status 1;
+3. listen: on the sockets systemd passed (``reactor.systemd``), or else on
+   each ``--host`` at ``--port``; a port in use is one line and exit
+   status 1;
 4. print ``Chat server started on port <port>`` on stdout, flushed, so a
-   program reading the output through a pipe sees it at once;
+   program reading the output through a pipe sees it at once, and tell
+   systemd ``READY=1``;
 5. serve until SIGINT or SIGTERM (Ctrl+C or Ctrl+Break on Windows), then
-   shut down gracefully and exit 0.
+   shut down gracefully (telling systemd ``STOPPING=1``) and exit 0.
 
 Signals reach the loop through a socket pair: ``signal.set_wakeup_fd``
 makes the interpreter write a byte to it when a signal arrives, which wakes
-``select`` at once; the Python-level handler only sets a flag.  Logging
-goes to stderr; message text is never logged at INFO (users' messages are
-theirs).
+``select`` at once; the Python-level handlers only set flags, and the work
+they ask for (a shutdown, SIGUSR1's statistics line, systemd's
+``STOPPING=1``) is done inside the loop, at the end of the turn
+(``_Operator.after_turn``).  Periodic chores (``--stats-interval``,
+systemd's status line and watchdog) are the loop's timers
+(``Reactor.call_every``).  Logging goes to stderr; message text is never
+logged at INFO (users' messages are theirs).
+
+Listening.  ``::`` listens dual-stack, with ``IPV6_V6ONLY`` turned off
+explicitly (its default differs between systems).  Where the system has no
+IPv6 at all, ``::`` listens on ``0.0.0.0`` instead, with a warning, and an
+IPv6 address is an error; where IPv6 exists but a socket cannot be
+dual-stack (OpenBSD), ``::`` becomes two sockets, ``::`` for IPv6 and
+``0.0.0.0`` for IPv4.  With several hosts and ``--port 0``, the first
+socket takes any free port and the others take the same one, so the
+startup line names the port of them all.
 """
 
 from __future__ import annotations
@@ -24,11 +41,14 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
+from . import systemd
 from .config import PROG, Config, parse_config
 from .limits import fit_max_clients
 from .logs import configure_logging
@@ -36,7 +56,14 @@ from .loop import Reactor
 
 log = logging.getLogger("chat")
 
-_ALL_INTERFACES = {"0.0.0.0", "::", ""}
+Address = tuple[Any, ...]
+"""A socket address: (host, port) for IPv4, (host, port, flowinfo, scope_id) for IPv6."""
+
+_ALL_INTERFACES = {"0.0.0.0", "::"}
+_ANY_PORT_ATTEMPTS = 8
+"""With several hosts and ``--port 0``: tries at finding one port free on every host."""
+STATUS_INTERVAL = 1.0
+"""Seconds between checks of the user count for systemd's status line."""
 
 
 class StartupError(Exception):
@@ -47,49 +74,230 @@ class StartupError(Exception):
         self.status = status
 
 
-def listen(config: Config) -> socket.socket:
-    """A listening socket for ``config.host`` and ``config.port``.
+# -- listening ------------------------------------------------------------------
 
-    ``::`` listens on IPv6 and IPv4 at once where the platform allows it.
+
+def listen(config: Config) -> list[socket.socket]:
+    """Listening sockets for every host of ``config`` at ``config.port``.
+
+    With ``--port 0`` the first socket takes any free port and the others
+    take the same one; should it be taken on a later host, it starts over
+    with another port, a few times.
     """
-    host, port = config.host, config.port
+    attempts = _ANY_PORT_ATTEMPTS if config.port == 0 and len(config.hosts) > 1 else 1
+    for attempt in range(attempts):
+        listeners: list[socket.socket] = []
+        port = config.port
+        try:
+            for host in config.hosts:
+                listeners += _listen_on(host, port, first=not listeners)
+                port = listeners[0].getsockname()[1]
+            return listeners
+        except _TakenOnALaterHost as taken:
+            _close_all(listeners)
+            if config.port != 0 or attempt == attempts - 1:
+                raise taken.error from None
+        except BaseException:
+            _close_all(listeners)
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _TakenOnALaterHost(Exception):
+    def __init__(self, error: StartupError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _close_all(listeners: list[socket.socket]) -> None:
+    for listener in listeners:
+        listener.close()
+
+
+def _listen_on(host: str, port: int, first: bool) -> list[socket.socket]:
+    """The socket(s) for one ``--host`` value; ``::`` may need two, or fall back to IPv4."""
     try:
-        if host == "::" and socket.has_dualstack_ipv6():
-            return socket.create_server(
-                (host, port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=socket.SOMAXCONN
-            )
-        family = _family_of(host, port)
-        return socket.create_server((host, port), family=family, backlog=socket.SOMAXCONN)
+        if host == "::":
+            return _listen_everywhere(port)
+        family, address = _resolve(host, port)
+        return [_bind(family, address)]
     except OSError as error:
-        if error.errno == errno.EADDRINUSE or getattr(error, "winerror", None) == 10048:
-            raise StartupError(f"port {port} is already in use (is another server running?)", 1) from None
-        if error.errno in (errno.EACCES, errno.EPERM):
-            raise StartupError(f"not allowed to listen on port {port}: {error.strerror}", 1) from None
-        raise StartupError(f"cannot listen on {host} port {port}: {error.strerror or error}", 1) from None
+        raise _startup_error(error, host, port, first) from None
 
 
-def _family_of(host: str, port: int) -> int:
+def _startup_error(error: OSError, host: str, port: int, first: bool) -> Exception:
+    if error.errno == errno.EADDRINUSE or getattr(error, "winerror", None) == 10048:
+        if first:
+            return StartupError(f"port {port} is already in use (is another server running?)", 1)
+        return _TakenOnALaterHost(StartupError(
+            f"{host} port {port} is already in use (is another server running, or does an earlier "
+            "--host cover it? '::' and 0.0.0.0 take every address)",
+            1,
+        ))
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return StartupError(f"not allowed to listen on port {port}: {error.strerror}", 1)
+    if error.errno == errno.EAFNOSUPPORT:
+        return StartupError(f"cannot listen on {host} port {port}: IPv6 is not available on this system", 1)
+    if error.errno == errno.EADDRNOTAVAIL:
+        return StartupError(f"cannot listen on {host} port {port}: no network interface has that address", 1)
+    return StartupError(f"cannot listen on {host} port {port}: {error.strerror or error}", 1)
+
+
+def _resolve(host: str, port: int) -> tuple[int, Address]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as error:
         raise StartupError(f"argument --host: cannot resolve {host!r}: {error.strerror}", 2) from None
-    return infos[0][0]
+    family, _, _, _, address = infos[0]
+    return family, address
 
 
-def _route_signals(reactor: Reactor, wakeup_write: socket.socket) -> None:
-    """SIGINT, SIGTERM (and SIGBREAK on Windows) start a graceful shutdown.
+def _bind(family: int, address: Address, v6only: bool = True) -> socket.socket:
+    """A listening TCP socket; an IPv6 one takes IPv4 clients too only if ``v6only`` is False."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if os.name not in ("nt", "cygwin"):  # on Windows it would let another process take the port too
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+        sock.bind(address)
+        sock.listen(socket.SOMAXCONN)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
-    A second signal during shutdown stops waiting for slow clients.
+
+def _listen_everywhere(port: int) -> list[socket.socket]:
+    """``--host ::``: one dual-stack socket; two where dual-stack is impossible; IPv4 where IPv6 is absent."""
+    try:
+        return [_bind(socket.AF_INET6, ("::", port), v6only=False)]
+    except OSError as error:
+        if error.errno == errno.EAFNOSUPPORT or not socket.has_ipv6:
+            log.warning("IPv6 is not available on this system: --host :: listens on IPv4 only, at 0.0.0.0")
+            return [_bind(socket.AF_INET, ("0.0.0.0", port))]
+        if error.errno not in (errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+            raise
+    # IPv6 exists but a socket cannot take IPv4 too (IPV6_V6ONLY cannot be turned off).
+    log.info("dual-stack sockets are not available: listening on :: for IPv6 and 0.0.0.0 for IPv4")
+    ipv6 = _bind(socket.AF_INET6, ("::", port), v6only=True)
+    try:
+        return [ipv6, _bind(socket.AF_INET, ("0.0.0.0", port if port else ipv6.getsockname()[1]))]
+    except BaseException:
+        ipv6.close()
+        raise
+
+
+def describe(address: Address) -> str:
+    """``0.0.0.0:4000`` or ``[::]:4000``."""
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# -- the operator's side: signals, statistics, systemd ----------------------------
+
+
+class _Operator:
+    """What the daemon does for the people and programs watching it, from inside the loop.
+
+    Signal handlers only set flags here; ``after_turn``, which the loop
+    calls at the end of each turn, does the work.  The signal's wakeup byte
+    makes that turn happen at once.
+    """
+
+    def __init__(self, notifier: systemd.Notifier, flush_log: Callable[[], None]) -> None:
+        self.reactor: Reactor | None = None
+        self._notifier = notifier
+        self._flush_log = flush_log
+        self._stats_requested = False
+        self._stop_requested = False
+        self._stopping_told = False
+        self._last_status: tuple[int, int] | None = None
+
+    def start(self, reactor: Reactor, config: Config) -> None:
+        """Arm the periodic chores and tell systemd the server is ready."""
+        self.reactor = reactor
+        if config.stats_interval:
+            reactor.call_every(config.stats_interval, self.log_stats)
+        if self._notifier.enabled:
+            reactor.call_every(STATUS_INTERVAL, self.update_status)
+            interval = systemd.watchdog_interval()
+            if interval is not None:
+                reactor.call_every(interval, self.ping_watchdog)
+            self._last_status, line = self._status()
+            self._notifier.notify("READY=1", line)
+
+    # signal handlers: flags only
+    def stats_wanted(self, signum: int, frame: object) -> None:
+        self._stats_requested = True
+
+    def stop_wanted(self, signum: int, frame: object) -> None:
+        self._stop_requested = True
+        if self.reactor is not None:
+            self.reactor.request_shutdown()
+
+    def after_turn(self) -> None:
+        """The loop's end-of-turn hook: requested work, then the turn's log lines in one write."""
+        if self._stats_requested:
+            self._stats_requested = False
+            self.log_stats()
+        if self._stop_requested and not self._stopping_told:
+            self._stopping_told = True
+            self._notifier.notify("STOPPING=1", "STATUS=Shutting down")
+        self._flush_log()
+
+    # the chores
+    def log_stats(self) -> None:
+        assert self.reactor is not None
+        log.info("%s", self.reactor.stats().line())
+
+    def update_status(self) -> None:
+        """Tell systemd the user count, when it changed (until the shutdown has begun)."""
+        if self._stopping_told:
+            return
+        counts, line = self._status()
+        if counts != self._last_status:
+            self._last_status = counts
+            self._notifier.notify(line)
+
+    def ping_watchdog(self) -> None:
+        self._notifier.notify("WATCHDOG=1")
+
+    def _status(self) -> tuple[tuple[int, int], str]:
+        """The counts systemd's status line shows, and the line."""
+        assert self.reactor is not None
+        stats = self.reactor.stats()
+        line = f"STATUS=users: {stats.users}, connections: {stats.connections}"
+        return (stats.users, stats.connections), line
+
+
+def _route_signals(operator: _Operator, wakeup_write: socket.socket) -> None:
+    """SIGINT, SIGTERM (and SIGBREAK on Windows) start a graceful shutdown; SIGUSR1 asks for statistics.
+
+    A second shutdown signal during shutdown stops waiting for slow clients.
     """
     wakeup_write.setblocking(False)
     signal.set_wakeup_fd(wakeup_write.fileno(), warn_on_full_buffer=False)
-
-    def shutdown(signum: int, frame: object) -> None:
-        reactor.request_shutdown()
-
     for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
         if hasattr(signal, name):
-            signal.signal(getattr(signal, name), shutdown)
+            signal.signal(getattr(signal, name), operator.stop_wanted)
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, operator.stats_wanted)
+
+
+def _open_listeners(config: Config) -> tuple[list[socket.socket], bool]:
+    """The sockets systemd passed, or else new ones for ``config``; and whether they came from systemd."""
+    try:
+        passed = systemd.listen_fds()
+    except systemd.ActivationError as error:
+        raise StartupError(str(error), 1) from None
+    if passed:
+        log.info(
+            "Listening on sockets from systemd (--host and --port are not used): %s",
+            ", ".join(f"{describe(sock.getsockname())} ({name})" for sock, name in passed),
+        )
+        return [sock for sock, _ in passed], True
+    return listen(config), False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,22 +309,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("%s", warning)
         config = dataclasses.replace(config, max_clients=max_clients)
     try:
-        listener = listen(config)
+        listeners, from_systemd = _open_listeners(config)
     except StartupError as error:
+        log_handler.flush()
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return error.status
+    notifier = systemd.Notifier.from_environ()
+    operator = _Operator(notifier, log_handler.flush)
     wakeup_read, wakeup_write = socket.socketpair()
-    reactor = Reactor([listener], config, wakeup=wakeup_read, after_turn=log_handler.flush)
-    _route_signals(reactor, wakeup_write)  # before the startup line: a supervisor may signal at once
-    port = listener.getsockname()[1]
+    reactor = Reactor(listeners, config, wakeup=wakeup_read, after_turn=operator.after_turn)
+    operator.reactor = reactor
+    _route_signals(operator, wakeup_write)  # before the startup line: a supervisor may signal at once
+    addresses = reactor.addresses
+    if len(addresses) > 1 and not from_systemd:
+        log.info("Listening on %s", ", ".join(describe(address) for address in addresses))
+    port = addresses[0][1]
     print(f"Chat server started on port {port}", flush=True)
     print("Waiting for connections... (Press Ctrl+C to stop)", flush=True)
-    if config.host in _ALL_INTERFACES:
-        log.warning(
-            "listening on all interfaces: anyone who can reach port %d can join "
-            "(use --host 127.0.0.1 to accept local clients only)",
-            port,
-        )
+    for address in addresses:
+        if address[0] in _ALL_INTERFACES:
+            log.warning(
+                "listening on all interfaces: anyone who can reach port %d can join "
+                "(use --host 127.0.0.1 to accept local clients only)",
+                address[1],
+            )
+            break
+    operator.start(reactor, config)
+    log_handler.flush()  # the loop flushes at the end of a turn, and the first may be long in coming
     try:
         reactor.serve_forever()
     finally:
@@ -124,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.set_wakeup_fd(-1)
         wakeup_read.close()
         wakeup_write.close()
+        notifier.close()
     log.info("Server stopped")
     log_handler.flush()
     return 0
-

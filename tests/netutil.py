@@ -257,6 +257,12 @@ def threaded_server(selector=None, **settings) -> Iterator[ThreadedServer]:
 
 _STARTED = re.compile(rb"Chat server started on port (\d+)")
 
+SERVER_VARIABLES = (
+    "CHAT_HOST", "IDLE_TIMEOUT", "MAX_CLIENTS", "LOG_LEVEL",
+    "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES",
+)
+"""Variables the server reads besides PORT; a ServerProcess starts without them unless given."""
+
 
 class ServerProcess:
     """``python -m reactor`` in a subprocess, started as a user would.
@@ -266,13 +272,16 @@ class ServerProcess:
     """
 
     def __init__(
-        self, *args: str, env: dict | None = None, cwd: pathlib.Path = ROOT, **popen_options
+        self, *args: str, env: dict | None = None, cwd: pathlib.Path = ROOT,
+        command: list[str] | None = None, **popen_options
     ) -> None:
         environment = dict(os.environ)
         environment.pop("PORT", None)
+        for variable in SERVER_VARIABLES:  # the developer's own, or a CI runner's systemd's
+            environment.pop(variable, None)
         environment.update(env or {})
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "reactor", *args],
+            (command or [sys.executable, "-m", "reactor"]) + list(args),
             cwd=cwd,
             env=environment,
             stdout=subprocess.PIPE,
@@ -317,6 +326,21 @@ class ServerProcess:
     def stderr(self) -> bytes:
         with self._started:
             return b"".join(self._stderr)
+
+    def wait_for_stderr(self, pattern: bytes, count: int = 1, timeout: float = TIMEOUT) -> list[re.Match]:
+        """The first ``count`` matches of ``pattern`` in stderr, waiting for them; AssertionError if late."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._started:
+            while True:
+                matches = list(regex.finditer(b"".join(self._stderr)))
+                if len(matches) >= count:
+                    return matches[:count]
+                remaining = deadline - time.monotonic()
+                assert remaining > 0 and self.process.poll() is None, (
+                    f"{count} x {pattern!r} not in stderr within {timeout} s: {b''.join(self._stderr)!r}"
+                )
+                self._started.wait(min(remaining, 0.5))
 
     def _finish(self, timeout: float) -> None:
         self.process.wait(timeout=timeout)

@@ -37,6 +37,7 @@ from reactor.config import (
     DEFAULT_MAX_OUTPUT,
     DEFAULT_PORT,
     DEFAULT_RATE,
+    DEFAULT_STATS_INTERVAL,
     LOG_LEVELS,
     Config,
     build_parser,
@@ -47,7 +48,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # field -> (flag, environment variable or None)
 NAMES = {
-    "host": ("--host", "HOST"),
+    "host": ("--host", "CHAT_HOST"),
     "port": ("--port", "PORT"),
     "idle_timeout": ("--idle-timeout", "IDLE_TIMEOUT"),
     "max_clients": ("--max-clients", "MAX_CLIENTS"),
@@ -56,6 +57,7 @@ NAMES = {
     "rate": ("--rate", None),
     "burst": ("--burst", None),
     "log_level": ("--log-level", "LOG_LEVEL"),
+    "stats_interval": ("--stats-interval", None),
 }
 ENV_FIELDS = [field for field, (_, env) in NAMES.items() if env]
 ALL_VARIABLES = [env for _, env in NAMES.values() if env]
@@ -69,6 +71,7 @@ NUMERIC = {
     "max_output": (int, 1, None),
     "rate": (float, 0, None),
     "burst": (int, 1, None),
+    "stats_interval": (float, 0, None),
 }
 
 
@@ -102,6 +105,7 @@ def test_no_flags_and_no_environment_give_the_documented_defaults():
         rate=50.0,
         burst=100,
         log_level="INFO",
+        stats_interval=0.0,
     )
 
 
@@ -116,6 +120,7 @@ def test_module_constants_are_the_config_defaults():
         rate=DEFAULT_RATE,
         burst=DEFAULT_BURST,
         log_level=DEFAULT_LOG_LEVEL,
+        stats_interval=DEFAULT_STATS_INTERVAL,
     )
     assert (DEFAULT_PORT, DEFAULT_MAX_OUTPUT, DEFAULT_LOG_LEVEL) == (
         4000,
@@ -168,6 +173,13 @@ GOOD_FLAGS = [
     (["--log-level", "Warning"], "log_level", "WARNING"),
     (["--log-level", "error"], "log_level", "ERROR"),
     (["--log-level", "iNfO"], "log_level", "INFO"),
+    (["--stats-interval", "60"], "stats_interval", 60.0),
+    (["--stats-interval", "0.5"], "stats_interval", 0.5),
+    (["--stats-interval", "0"], "stats_interval", 0.0),
+    (["--host", "127.0.0.1,::1"], "host", "127.0.0.1,::1"),
+    (["--host", "127.0.0.1", "--host", "::1"], "host", "127.0.0.1,::1"),
+    (["--host", "::1,127.0.0.1", "--host", "::1"], "host", "::1,127.0.0.1"),
+    (["--host", "localhost", "--host", "localhost"], "host", "localhost"),
 ]
 
 
@@ -184,8 +196,9 @@ def test_all_flags_at_once():
         "--host", "::1", "--port", "4001", "--idle-timeout", "1.5",
         "--max-clients", "2", "--max-line", "3", "--max-output", "4",
         "--rate", "5", "--burst", "6", "--log-level", "warning",
+        "--stats-interval", "7",
     ]
-    expected = Config("::1", 4001, 1.5, 2, 3, 4, 5.0, 6, "WARNING")
+    expected = Config("::1", 4001, 1.5, 2, 3, 4, 5.0, 6, "WARNING", 7.0)
     assert parse_config(argv, {}) == expected
 
 
@@ -193,11 +206,20 @@ def test_the_last_of_a_repeated_flag_wins():
     assert parse_config(["--port", "1", "--port", "2"], {}).port == 2
 
 
+def test_repeated_hosts_add_up_in_order_and_hosts_splits_them():
+    config = parse_config(["--host", "::1", "--host", "127.0.0.1,10.0.0.1"], {})
+    assert config.hosts == ("::1", "127.0.0.1", "10.0.0.1")
+    assert Config().hosts == ("0.0.0.0",)
+    assert Config(host="127.0.0.1").hosts == ("127.0.0.1",)
+
+
 # -- every variable ----------------------------------------------------------------
 
 GOOD_VARIABLES = [
-    ("HOST", "127.0.0.1", "host", "127.0.0.1"),
-    ("HOST", "::", "host", "::"),
+    ("CHAT_HOST", "127.0.0.1", "host", "127.0.0.1"),
+    ("CHAT_HOST", "::", "host", "::"),
+    ("CHAT_HOST", "127.0.0.1,::1", "host", "127.0.0.1,::1"),
+    ("CHAT_HOST", "::1,::1", "host", "::1"),
     ("PORT", "5000", "port", 5000),
     ("PORT", "0", "port", 0),
     ("IDLE_TIMEOUT", "300", "idle_timeout", 300.0),
@@ -208,7 +230,7 @@ GOOD_VARIABLES = [
     ("LOG_LEVEL", "ERROR", "log_level", "ERROR"),
     ("PORT", " 5000 ", "port", 5000),
     ("PORT", "5000\r\n", "port", 5000),
-    ("HOST", "\tlocalhost\r", "host", "localhost"),
+    ("CHAT_HOST", "\tlocalhost\r", "host", "localhost"),
     ("LOG_LEVEL", " Warning\n", "log_level", "WARNING"),
 ]
 
@@ -221,9 +243,16 @@ def test_each_variable_sets_its_field_and_nothing_else(variable, text, field, ex
     assert config == dataclasses.replace(Config(), **{field: expected})
 
 
-@pytest.mark.parametrize("variable", ["MAX_LINE", "MAX_OUTPUT", "RATE", "BURST"])
+@pytest.mark.parametrize("variable", ["MAX_LINE", "MAX_OUTPUT", "RATE", "BURST", "STATS_INTERVAL"])
 def test_settings_without_a_documented_variable_ignore_the_environment(variable):
     assert parse_config([], {variable: "7"}) == Config()
+
+
+@pytest.mark.parametrize("value", ["10.9.9.9", "my-laptop.local", "not a host"])
+def test_host_is_not_read_only_chat_host(value):
+    """tcsh and zsh set HOST to the machine's name: reading it would bind that one address."""
+    assert parse_config([], {"HOST": value}) == Config()
+    assert parse_config([], {"HOST": value, "CHAT_HOST": "127.0.0.1"}).host == "127.0.0.1"
 
 
 def test_unrelated_variables_are_ignored():
@@ -233,7 +262,8 @@ def test_unrelated_variables_are_ignored():
 # -- precedence: flag > variable > default -----------------------------------------
 
 FLAG_AND_VARIABLE = [
-    ("host", ["--host", "10.0.0.1"], "HOST", "10.0.0.2", "10.0.0.1"),
+    ("host", ["--host", "10.0.0.1"], "CHAT_HOST", "10.0.0.2", "10.0.0.1"),
+    ("host", ["--host", "10.0.0.1", "--host", "::1"], "CHAT_HOST", "10.0.0.2,10.0.0.3", "10.0.0.1,::1"),
     ("port", ["--port", "5001"], "PORT", "5002", 5001),
     ("idle_timeout", ["--idle-timeout", "1"], "IDLE_TIMEOUT", "2", 1.0),
     ("max_clients", ["--max-clients", "3"], "MAX_CLIENTS", "4", 3),
@@ -318,6 +348,14 @@ BAD_FLAGS = [
     ("--host", " "),
     ("--host", "127.0.0.1 "),
     ("--host", "local host"),
+    ("--host", "127.0.0.1,"),
+    ("--host", ",::1"),
+    ("--host", "127.0.0.1,,::1"),
+    ("--host", "127.0.0.1, ::1"),
+    ("--host", ","),
+    ("--stats-interval", "-1"),
+    ("--stats-interval", "nan"),
+    ("--stats-interval", "hourly"),
 ]
 
 
@@ -379,7 +417,9 @@ BAD_VARIABLES = [
     ("MAX_CLIENTS", "lots"),
     ("LOG_LEVEL", "loud"),
     ("LOG_LEVEL", "warn"),
-    ("HOST", "local host"),
+    ("CHAT_HOST", "local host"),
+    ("CHAT_HOST", "127.0.0.1, ::1"),
+    ("CHAT_HOST", "127.0.0.1,,::1"),
 ]
 
 
@@ -480,8 +520,15 @@ def test_help_has_the_examples_and_the_dual_stack_note(help_text):
     assert "  chat-server --port 5000\n" in help_text
     assert "  PORT=5000 chat-server\n" in help_text
     assert "  chat-server --host 127.0.0.1 --idle-timeout 300\n" in help_text
-    flat = " ".join(help_text.split())
-    assert "--host :: listens dual-stack, on IPv6 and IPv4" in flat.replace("`", "")
+    assert "  chat-server --host 127.0.0.1 --host ::1\n" in help_text
+    assert "  CHAT_HOST=127.0.0.1,::1 chat-server\n" in help_text
+    flat = " ".join(help_text.split()).replace("`", "")
+    assert "--host :: listens dual-stack, on IPv6 and IPv4" in flat
+    assert "repeat the flag, or separate addresses with commas" in flat
+    assert "HOST is not read" in flat
+    assert "SIGUSR1 logs one line of statistics" in flat
+    assert "Where IPv6 is not available, --host :: listens on IPv4 alone" in flat
+    assert "2 for a bad flag or variable, or a Python older than 3.10" in flat
 
 
 def test_short_h_is_help(capsys):
@@ -530,7 +577,7 @@ any_case_level = st.sampled_from(LOG_LEVELS).flatmap(
     )
 )
 host_text = st.text(
-    st.characters(blacklist_categories=("C", "Z")), min_size=1, max_size=40
+    st.characters(blacklist_categories=("C", "Z"), blacklist_characters=","), min_size=1, max_size=40
 )
 
 VALID = {
@@ -543,6 +590,7 @@ VALID = {
     "rate": finite_non_negative,
     "burst": at_least_one,
     "log_level": any_case_level,
+    "stats_interval": finite_non_negative,
 }
 
 

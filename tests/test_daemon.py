@@ -4,6 +4,7 @@ configuration, and serving a real third-party client."""
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -100,6 +101,48 @@ def test_shutdown_with_no_clients_is_immediate():
     assert status == 0 and b"Traceback" not in err
 
 
+# -- statistics: SIGUSR1 and --stats-interval ---------------------------------------------------
+
+STATS = rb"stats: users=(\d+) connections=(\d+) accepted=(\d+) refused=(\d+) lines_in=(\d+) lines_out=(\d+) bytes_in=(\d+) bytes_out=(\d+) evictions=(\d+) flood_pauses=(\d+) uptime=(\d+)s\n"
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="Windows has no SIGUSR1")
+def test_sigusr1_logs_one_line_of_statistics_and_the_server_goes_on():
+    with server_process() as server:
+        alice = login(server.port, "alice")
+        bob = login(server.port, "bob")
+        alice.say("MSG hi")
+        bob.expect("MSG alice hi")
+        anonymous = Client(server.port)
+        anonymous.sync()
+        server.process.send_signal(signal.SIGUSR1)
+        (match,) = server.wait_for_stderr(STATS)
+        figures = [int(value) for value in match.groups()]
+        # users, connections, accepted, refused, lines in (LOGIN x2, MSG, PING), lines out (OK x2, MSG, PONG),
+        # bytes in, bytes out, evictions, flood pauses
+        assert figures[:6] == [2, 3, 3, 0, 4, 4]
+        assert figures[6] == len(b"LOGIN alice\nLOGIN bob\nMSG hi\nPING\n")
+        assert figures[7] == len(b"OK\nOK\nMSG alice hi\nPONG\n")
+        assert figures[8:10] == [0, 0]
+        alice.sync()  # still serving
+        status, _, err = server.stop()
+    assert status == 0
+    assert err.count(b"stats: ") == 1
+    assert b"hi\n" not in err.replace(b"MSG alice hi", b"")  # no message text
+
+
+def test_stats_interval_logs_the_line_periodically():
+    with server_process("--stats-interval", "0.2") as server:
+        alice = login(server.port, "alice")
+        alice.sync()
+        before = len(re.findall(STATS, server.stderr))  # lines from before alice logged in
+        *_, first, second = server.wait_for_stderr(STATS, count=before + 2)
+        assert int(first.group(1)) == int(second.group(1)) == 1  # users
+        assert int(first.group(11)) <= int(second.group(11))  # uptime
+        status, _, _ = server.stop()
+    assert status == 0
+
+
 # -- bad configuration ---------------------------------------------------------------------
 
 
@@ -116,6 +159,8 @@ def test_shutdown_with_no_clients_is_immediate():
         (["--rate", "-5"], {}, "--rate"),
         ([], {"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         (["--no-such-flag"], {}, "--no-such-flag"),
+        (["--stats-interval", "-1"], {}, "--stats-interval"),
+        ([], {"CHAT_HOST": "a,,b"}, "CHAT_HOST"),
     ],
 )
 def test_a_bad_value_exits_2_with_one_line_naming_it(args, env, names):
@@ -146,10 +191,14 @@ def test_a_port_in_use_exits_1_with_one_line():
 
 
 def test_help_and_version():
+    import protocol
+
     help_text = run_daemon("--help")
     assert help_text.returncode == 0 and b"--idle-timeout" in help_text.stdout
+    assert b"CHAT_HOST" in help_text.stdout and b"--stats-interval" in help_text.stdout
     version = run_daemon("--version")
-    assert version.returncode == 0 and version.stdout.startswith(b"chat-server ")
+    assert version.returncode == 0
+    assert version.stdout == f"chat-server {protocol.__version__}\n".encode()
 
 
 # -- the seed README, against the server started as the README says --------------------------
@@ -192,3 +241,19 @@ def test_the_seed_session_through_netcat():
             for client in (naman, yudi):
                 if client.process.poll() is None:
                     client.process.kill()
+
+
+def test_the_readme_s_piped_netcat_line_ends_by_itself():
+    """README: ``printf ... | nc -N localhost 4000`` prints the answers and exits, with no QUIT."""
+    require("nc")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"\n\$ (printf [^\n]*\| nc -N) localhost 4000\n(.*?)```", readme, flags=re.S)
+    assert match, "README.md has no piped nc example"
+    pipeline, expected = match.groups()
+    with server_process() as server:
+        result = subprocess.run(
+            ["sh", "-c", f"{pipeline} 127.0.0.1 {server.port}"], capture_output=True, text=True, timeout=20
+        )
+        status, _, _ = server.stop()
+    assert (result.returncode, result.stdout) == (0, expected)
+    assert status == 0
