@@ -65,6 +65,7 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_RATE",
     "DEFAULT_STATS_INTERVAL",
+    "DEFAULT_TLS_PORT",
     "LOG_LEVELS",
     "PROG",
     "Config",
@@ -84,6 +85,7 @@ DEFAULT_RATE = 50.0
 DEFAULT_BURST = 100
 DEFAULT_LOG_LEVEL = "INFO"
 DEFAULT_STATS_INTERVAL = 0.0
+DEFAULT_TLS_PORT = 4443
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -108,6 +110,10 @@ class Config:
     burst: int = DEFAULT_BURST
     log_level: str = DEFAULT_LOG_LEVEL  # one of LOG_LEVELS
     stats_interval: float = DEFAULT_STATS_INTERVAL  # seconds between statistics lines, 0 = none
+    tls_cert: str | None = None  # PEM certificate chain; TLS is on when it is set
+    tls_key: str | None = None  # PEM private key; None: it is in the certificate file
+    tls_port: int = DEFAULT_TLS_PORT  # used only with a certificate
+    tls_only: bool = False  # with a certificate: no plaintext port at all
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -202,6 +208,23 @@ def _hosts(text: str) -> str:
     return ",".join(hosts)
 
 
+def _file(text: str) -> str:
+    """A path; whether it can be read is checked when it is loaded, before the server binds."""
+    if not text or "\0" in text:
+        raise _refusal("a file name", text)
+    return text
+
+
+def _switch(text: str) -> bool:
+    """A variable that turns something on: 1, true, yes or on (any case); 0, false, no, off."""
+    value = text.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise _refusal("1, true, yes or on (or 0, false, no, off)", text)
+
+
 def _log_level(text: str) -> str:
     """One of LOG_LEVELS in any ASCII case, stored upper-case.
 
@@ -228,6 +251,7 @@ class _Setting:
     group: str
     shown_default: str | None = None  # when str(default) says too little
     repeatable: bool = False  # the flag may be given several times; the values add up
+    switch: bool = False  # the flag takes no value: given, it turns the setting on
 
     @property
     def flag(self) -> str:
@@ -235,6 +259,7 @@ class _Setting:
 
 
 _LISTEN = "where to listen"
+_TLS = "TLS (encryption; see docs/operations.md)"
 _LIMITS = "limits"
 _LOGGING = "logging"
 
@@ -252,6 +277,31 @@ _SETTINGS = (
         f"TCP port, 0 to {MAX_PORT}; 0 takes any free port, which the "
         "startup line prints",
         _LISTEN,
+    ),
+    _Setting(
+        "tls_cert", "CHAT_TLS_CERT", "FILE", _file,
+        "serve TLS with this PEM certificate chain, beside plaintext, on "
+        "--tls-port; SIGHUP reloads it and the key",
+        _TLS,
+        shown_default="none: no TLS",
+    ),
+    _Setting(
+        "tls_key", "CHAT_TLS_KEY", "FILE", _file,
+        "the certificate's PEM private key",
+        _TLS,
+        shown_default="in the --tls-cert file",
+    ),
+    _Setting(
+        "tls_port", "CHAT_TLS_PORT", "PORT", _whole_number(0, MAX_PORT),
+        "TCP port for TLS, on every --host",
+        _TLS,
+    ),
+    _Setting(
+        "tls_only", "CHAT_TLS_ONLY", "", _switch,
+        "serve TLS alone: no plaintext port (--port is not used)",
+        _TLS,
+        switch=True,
+        shown_default="off",
     ),
     _Setting(
         "idle_timeout", "IDLE_TIMEOUT", "SECONDS",
@@ -325,12 +375,19 @@ examples:
   chat-server --host 127.0.0.1 --host ::1
   CHAT_HOST=127.0.0.1,::1 chat-server
   chat-server --stats-interval 3600
+  chat-server --tls-cert fullchain.pem --tls-key privkey.pem
+  chat-server --tls-cert fullchain.pem --tls-key privkey.pem --tls-only --tls-port 6697
 
 `--host ::` listens dual-stack, on IPv6 and IPv4 at once; the default 0.0.0.0
 is IPv4 only. Where IPv6 is not available, `--host ::` listens on IPv4 alone
 (with a warning) and an IPv6 address fails with exit status 1. The host's
 variable is CHAT_HOST: HOST is not read, since shells set it to the machine's
 name. An empty environment variable counts as unset.
+
+With --tls-cert the server speaks TLS 1.2 or newer on --tls-port (4443) beside
+plaintext on --port; --tls-only drops plaintext. A bad or unreadable
+certificate or key stops the server before it binds (exit status 2); SIGHUP
+reloads both without a restart, and keeps the old ones if the new ones fail.
 
 SIGUSR1 logs one line of statistics. Under systemd, Type=notify and socket
 activation (LISTEN_FDS, which replaces --host and --port) work as they are:
@@ -377,6 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     for setting in _SETTINGS:
         if setting.group not in groups:
             groups[setting.group] = parser.add_argument_group(setting.group)
+        if setting.switch:
+            groups[setting.group].add_argument(
+                setting.flag, dest=setting.field, action="store_const", const=True, default=None,
+                help=_help_line(setting),
+            )
+            continue
         groups[setting.group].add_argument(
             setting.flag,
             dest=setting.field,
@@ -428,4 +491,9 @@ def parse_config(
             value = _maybe_from_env(parser, setting, env)
         if value is not None:
             values[setting.field] = value
+    if "tls_cert" not in values:
+        for needs_cert in ("tls_key", "tls_port", "tls_only"):
+            if values.get(needs_cert):
+                flag = "--" + needs_cert.replace("_", "-")
+                parser.error(f"argument {flag}: TLS needs a certificate: give --tls-cert too")
     return Config(**values)

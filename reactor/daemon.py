@@ -14,7 +14,9 @@ matters and is the contract with operators:
    program reading the output through a pipe sees it at once, and tell
    systemd ``READY=1``;
 5. serve until SIGINT or SIGTERM (Ctrl+C or Ctrl+Break on Windows), then
-   shut down gracefully (telling systemd ``STOPPING=1``) and exit 0.
+   shut down gracefully (telling systemd ``STOPPING=1``) and exit 0;
+   meanwhile SIGHUP reloads the TLS certificate and key, and SIGUSR1 logs
+   a line of statistics.
 
 Signals reach the loop through a socket pair: ``signal.set_wakeup_fd``
 makes the interpreter write a byte to it when a signal arrives, which wakes
@@ -46,15 +48,18 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import systemd
 from .config import PROG, Config, parse_config
 from .limits import fit_max_clients
-from .logs import configure_logging
+from .logs import LOGGER_NAME, configure_logging
 from .loop import Reactor
 
-log = logging.getLogger("chat")
+if TYPE_CHECKING:
+    import ssl
+
+log = logging.getLogger(LOGGER_NAME)
 
 Address = tuple[Any, ...]
 """A socket address: (host, port) for IPv4, (host, port, flowinfo, scope_id) for IPv6."""
@@ -205,10 +210,14 @@ class _Operator:
     makes that turn happen at once.
     """
 
-    def __init__(self, notifier: systemd.Notifier, flush_log: Callable[[], None]) -> None:
+    def __init__(
+        self, notifier: systemd.Notifier, flush_log: Callable[[], None], config: Config | None = None
+    ) -> None:
         self.reactor: Reactor | None = None
         self._notifier = notifier
         self._flush_log = flush_log
+        self._config = config
+        self._reload_requested = False
         self._stats_requested = False
         self._stop_requested = False
         self._stopping_told = False
@@ -231,6 +240,9 @@ class _Operator:
     def stats_wanted(self, signum: int, frame: object) -> None:
         self._stats_requested = True
 
+    def reload_wanted(self, signum: int, frame: object) -> None:
+        self._reload_requested = True
+
     def stop_wanted(self, signum: int, frame: object) -> None:
         self._stop_requested = True
         if self.reactor is not None:
@@ -241,12 +253,28 @@ class _Operator:
         if self._stats_requested:
             self._stats_requested = False
             self.log_stats()
+        if self._reload_requested:
+            self._reload_requested = False
+            self.reload_tls()
         if self._stop_requested and not self._stopping_told:
             self._stopping_told = True
             self._notifier.notify("STOPPING=1", "STATUS=Shutting down")
         self._flush_log()
 
     # the chores
+    def reload_tls(self) -> None:
+        """SIGHUP: new handshakes use the certificate and key as the files hold them now."""
+        config = self._config
+        if self.reactor is None or config is None or config.tls_cert is None:
+            return
+        try:
+            context = tls_context(config)
+        except StartupError as error:
+            log.error("TLS reload failed, the old certificate stays in use: %s", error)
+            return
+        self.reactor.set_tls_context(context)
+        log.info("TLS certificate reloaded from %s", config.tls_cert)
+
     def log_stats(self) -> None:
         assert self.reactor is not None
         log.info("%s", self.reactor.stats().line())
@@ -283,10 +311,26 @@ def _route_signals(operator: _Operator, wakeup_write: socket.socket) -> None:
             signal.signal(getattr(signal, name), operator.stop_wanted)
     if hasattr(signal, "SIGUSR1"):
         signal.signal(signal.SIGUSR1, operator.stats_wanted)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, operator.reload_wanted)
 
 
-def _open_listeners(config: Config) -> tuple[list[socket.socket], bool]:
-    """The sockets systemd passed, or else new ones for ``config``; and whether they came from systemd."""
+def tls_context(config: Config) -> ssl.SSLContext:
+    """The TLS context ``config`` asks for; a bad file is a ``StartupError`` with status 2."""
+    from . import tls  # only a server with TLS imports ssl
+
+    assert config.tls_cert is not None
+    try:
+        return tls.server_context(config.tls_cert, config.tls_key)
+    except tls.TLSSetupError as error:
+        raise StartupError(str(error), 2) from None
+
+
+def _open_listeners(config: Config) -> tuple[list[socket.socket], list[socket.socket], bool]:
+    """Plaintext and TLS listening sockets, and whether systemd passed them.
+
+    Passed sockets named ``tls`` (``FileDescriptorName=tls``) serve TLS.
+    """
     try:
         passed = systemd.listen_fds()
     except systemd.ActivationError as error:
@@ -296,8 +340,21 @@ def _open_listeners(config: Config) -> tuple[list[socket.socket], bool]:
             "Listening on sockets from systemd (--host and --port are not used): %s",
             ", ".join(f"{describe(sock.getsockname())} ({name})" for sock, name in passed),
         )
-        return [sock for sock, _ in passed], True
-    return listen(config), False
+        plain = [sock for sock, name in passed if name != "tls"]
+        secure = [sock for sock, name in passed if name == "tls"]
+        if secure and config.tls_cert is None:
+            _close_all(plain + secure)
+            raise StartupError("systemd passed a socket named tls, but no --tls-cert was given", 2)
+        return plain, secure, True
+    plain = [] if config.tls_only else listen(config)
+    secure: list[socket.socket] = []
+    if config.tls_cert is not None:
+        try:
+            secure = listen(dataclasses.replace(config, port=config.tls_port))
+        except BaseException:
+            _close_all(plain)
+            raise
+    return plain, secure, False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -309,22 +366,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("%s", warning)
         config = dataclasses.replace(config, max_clients=max_clients)
     try:
-        listeners, from_systemd = _open_listeners(config)
+        context = tls_context(config) if config.tls_cert is not None else None  # before binding
+        listeners, tls_listeners, from_systemd = _open_listeners(config)
     except StartupError as error:
         log_handler.flush()
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return error.status
     notifier = systemd.Notifier.from_environ()
-    operator = _Operator(notifier, log_handler.flush)
+    operator = _Operator(notifier, log_handler.flush, config)
     wakeup_read, wakeup_write = socket.socketpair()
-    reactor = Reactor(listeners, config, wakeup=wakeup_read, after_turn=operator.after_turn)
+    reactor = Reactor(
+        listeners,
+        config,
+        wakeup=wakeup_read,
+        after_turn=operator.after_turn,
+        tls_listeners=tls_listeners,
+        tls_context=context,
+    )
     operator.reactor = reactor
     _route_signals(operator, wakeup_write)  # before the startup line: a supervisor may signal at once
     addresses = reactor.addresses
     if len(addresses) > 1 and not from_systemd:
         log.info("Listening on %s", ", ".join(describe(address) for address in addresses))
-    port = addresses[0][1]
+    port = (listeners or tls_listeners)[0].getsockname()[1]
     print(f"Chat server started on port {port}", flush=True)
+    if tls_listeners:
+        print(f"TLS on port {tls_listeners[0].getsockname()[1]}", flush=True)
     print("Waiting for connections... (Press Ctrl+C to stop)", flush=True)
     for address in addresses:
         if address[0] in _ALL_INTERFACES:
