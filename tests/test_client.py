@@ -1,6 +1,6 @@
 """chat-client against a real server: scripted through pipes, interactive in a pseudo-terminal.
 
-The client always runs as a user would start it, ``python -m reactor.client``
+The client always runs as a user would start it, ``python -m chatclient``
 from the repository root, in a subprocess.  Scripted mode gets pipes and its
 output is compared byte for byte.  Interactive mode gets a pseudo-terminal
 (``os.openpty``), and everything the client and readline write to it is
@@ -16,7 +16,9 @@ the process to exit.
 from __future__ import annotations
 
 import codecs
+import configparser
 import contextlib
+import importlib
 import os
 import re
 import select
@@ -31,8 +33,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+import chatclient
 import protocol
-from reactor import client as chat_client
+from chatclient import cli as chat_client
 from tests.netutil import ROOT, TIMEOUT, login, server_process, threaded_server
 
 SGR = re.compile(rb"\x1b\[[0-9;]*m")
@@ -55,7 +58,7 @@ def run_client(
     *args: str, input: bytes = b"", env: dict | None = None
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "reactor.client", *args],
+        [sys.executable, "-m", "chatclient", *args],
         input=input,
         capture_output=True,
         cwd=ROOT,
@@ -86,7 +89,7 @@ class PipedClient:
 
     def __init__(self, port: int, *args: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "reactor.client", "--port", str(port), *args],
+            [sys.executable, "-m", "chatclient", "--port", str(port), *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -150,6 +153,18 @@ def test_version_names_the_program_and_the_protocol_version():
     result = run_client("--version")
     assert result.returncode == 0
     assert result.stdout == f"chat-client {protocol.__version__}\n".encode()
+
+
+def test_the_console_script_runs_the_package_main():
+    """``chat-client`` (setup.cfg) and ``python -m chatclient`` are one program."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg", encoding="utf-8")
+    scripts = dict(
+        line.replace(" ", "").split("=", 1)
+        for line in config["options.entry_points"]["console_scripts"].strip().splitlines()
+    )
+    module, _, function = scripts["chat-client"].partition(":")
+    assert getattr(importlib.import_module(module), function) is chatclient.main
 
 
 def test_help_lists_every_flag():
@@ -261,7 +276,7 @@ def test_a_reader_that_leaves_is_exit_status_1_without_a_traceback():
     """``chat-client | head -1``: stdout closes under the client."""
     with threaded_server() as server:
         process = subprocess.Popen(
-            [sys.executable, "-m", "reactor.client", "--port", str(server.port)],
+            [sys.executable, "-m", "chatclient", "--port", str(server.port)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -461,10 +476,15 @@ class VirtualTerminal:
         numbers = [int(p) if p else 0 for p in parameters.lstrip("?").split(";") if p != ""]
         count = max(1, numbers[0]) if numbers else 1
         mode = numbers[0] if numbers else 0
-        row = self.cells[self.row]
         if private or final == "m":
             return  # private modes (bracketed paste, keypad) and colours change no cell
         self.wrap_pending = False
+        if final in "ABCDG":
+            self._move(final, count)
+        elif not self._edit(final, count, mode):
+            self.unknown.append(parameters + final)
+
+    def _move(self, final: str, count: int) -> None:
         if final == "A":
             self.row = max(0, self.row - count)
         elif final == "B":
@@ -473,9 +493,13 @@ class VirtualTerminal:
             self.col = min(self.columns - 1, self.col + count)
         elif final == "D":
             self.col = max(0, self.col - count)
-        elif final == "G":
+        else:  # G
             self.col = min(self.columns - 1, count - 1)
-        elif final == "K":
+
+    def _edit(self, final: str, count: int, mode: int) -> bool:
+        """Erase, delete or insert cells; False for a sequence this terminal does not know."""
+        row = self.cells[self.row]
+        if final == "K":
             spans = {0: (self.col, self.columns), 1: (0, self.col + 1), 2: (0, self.columns)}
             start, end = spans[mode]
             row[start:end] = [" "] * (end - start)
@@ -494,18 +518,19 @@ class VirtualTerminal:
         elif final in "hl" and mode == 4:
             self.insert_mode = final == "h"
         else:
-            self.unknown.append(parameters + final)
+            return False
+        return True
 
 
 _SPAWN = (  # make the pty the controlling terminal, so Ctrl+C raises SIGINT, then become the client
     "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
-    "os.execv(sys.executable, [sys.executable, '-m', 'reactor.client'] + sys.argv[1:])"
+    "os.execv(sys.executable, [sys.executable, '-m', 'chatclient'] + sys.argv[1:])"
 )
 _END = b"@@end-of-client-output@@"
 
 
 class PtyClient:
-    """``python -m reactor.client`` in a pseudo-terminal, its screen rendered as it goes."""
+    """``python -m chatclient`` in a pseudo-terminal, its screen rendered as it goes."""
 
     PROMPT = "> "
 

@@ -1,4 +1,4 @@
-"""``chat-client``: the terminal client for the chat server.
+"""``chat-client``: the terminal client for the chat server (its command line and sessions).
 
 Every line the user types is sent as typed, so the protocol is the user
 interface (``LOGIN alice``, ``MSG hi``, ``WHO``, ``QUIT``); the client adds
@@ -11,10 +11,10 @@ the server's lines.  ``select()`` cannot wait on standard input on Windows,
 and ``input()`` with readline blocks in C, so each job gets its own thread:
 
 *Interactive* (standard input is a terminal).  The main thread sits in
-``input()`` (``reactor.terminal.Screen.read_line``) and sends each line.
+``input()`` (``chatclient.terminal.Screen.read_line``) and sends each line.
 A reader thread receives from the socket and hands each line to the
 ``Screen``, which has the main thread draw it above the line being typed
-(how, and why there, is explained in ``reactor.terminal``).  Ctrl+D (``EOFError``) and
+(how, and why there, is explained in ``chatclient.terminal``).  Ctrl+D (``EOFError``) and
 Ctrl+C (``KeyboardInterrupt``) make the main thread send QUIT, wait briefly
 for ``Goodbye!``, and close.
 
@@ -69,7 +69,7 @@ for a bad command line; 130 for Ctrl+C in scripted mode.  No network error
 prints a traceback.
 
 Imports: the standard library, ``protocol`` (for ``__version__``) and
-``reactor.terminal``.
+``chatclient.terminal``.
 """
 
 from __future__ import annotations
@@ -341,7 +341,7 @@ class _Interactive:
     def run(self, login: str | None, banner: str) -> int:
         """The session; SIGINT keeps our handler after it, for a wake-up still in flight."""
         signal.signal(signal.SIGINT, self._on_sigint)
-        if self._screen.draws_on_signal:
+        if self._screen.draws_on_signal and DRAW_SIGNAL is not None:
             signal.signal(DRAW_SIGNAL, self._on_wake)
         signal.set_wakeup_fd(self._signals_in.fileno(), warn_on_full_buffer=False)
         reader = threading.Thread(target=self._receive, name="chat-client reader", daemon=True)
@@ -389,10 +389,10 @@ class _Interactive:
     def _on_wake(self, signum: int, frame: object) -> None:
         """``DRAW_SIGNAL``: raise if an interrupt is due, else draw the lines received."""
         if self._interrupt and self._armed:
-            self._raise_once({signal.SIGINT, DRAW_SIGNAL})
+            self._raise_once({signal.SIGINT, signum})  # signum is DRAW_SIGNAL
         self._screen.on_draw_signal(signum, frame)
 
-    def _raise_once(self, signals: set) -> None:
+    def _raise_once(self, signals: set[int]) -> None:
         """Raise KeyboardInterrupt with ``signals`` blocked, so no handler runs until input() returns."""
         self._armed = False
         if hasattr(signal, "pthread_sigmask"):
@@ -489,14 +489,15 @@ class _Interactive:
 
 
 def _wake_main() -> None:
-    signal.pthread_kill(threading.main_thread().ident or 0, DRAW_SIGNAL)
+    if DRAW_SIGNAL is not None:
+        signal.pthread_kill(threading.main_thread().ident or 0, DRAW_SIGNAL)
 
 
 def _interrupt_main_thread() -> None:
     signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
 
-def _draw_signals() -> set:
+def _draw_signals() -> set[int]:
     return {DRAW_SIGNAL} if DRAW_SIGNAL is not None else set()
 
 
@@ -526,7 +527,7 @@ def _flush_std_streams() -> None:
 def run_interactive(sock: socket.socket, options: Options, environ: Mapping[str, str]) -> int:
     for stream in (sys.stdout, sys.stderr):
         if stream is not None and hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="replace")  # type: ignore[union-attr]
+            stream.reconfigure(errors="replace")
     stdout_is_tty = sys.stdout is not None and sys.stdout.isatty()
     readline = maybe_readline(environ) if stdout_is_tty else None
     screen = Screen(sys.stdout, sys.stderr, readline, colour_wanted(sys.stdout, environ))
@@ -701,6 +702,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         sock.close()
 
-
-if __name__ == "__main__":
-    sys.exit(main())
