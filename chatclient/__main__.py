@@ -1,4 +1,7 @@
-"""``python -m chatclient``: run the terminal client (the same as ``chat-client``)."""
+"""``python -m chatclient``: run the terminal client (the same as ``chat-client``).
+
+Readable by any Python, like ``__init__.py``: ``main`` checks the version.
+"""
 
 import sys
 

@@ -20,8 +20,10 @@ import configparser
 import contextlib
 import importlib
 import os
+import pathlib
 import re
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -208,6 +210,69 @@ def test_the_port_variable_reaches_a_real_server():
     with threaded_server() as server:
         result = run_client(input=b"PING\n", env=client_environment(PORT=str(server.port)))
     assert (result.returncode, result.stdout) == (0, b"PONG\n")
+
+
+# -- an old Python -------------------------------------------------------------------
+
+
+_OLD_PYTHONS = ["2.7", "3.6", "3.7", "3.8", "3.9"]
+
+
+def old_python(version: str) -> str:
+    """The interpreter of an old Python on this machine (pyenv's, or on the PATH)."""
+    for candidate in (
+        pathlib.Path.home() / ".pyenv" / "versions",
+        pathlib.Path(os.environ.get("PYENV_ROOT", "/nonexistent")) / "versions",
+    ):
+        found = sorted(candidate.glob(f"{version}.*/bin/python"))
+        if found:
+            return str(found[-1])
+    path = shutil.which(f"python{version}")
+    if path:
+        return path
+    pytest.skip(f"no Python {version} here (the check itself is tested by simulating one)")
+
+
+def test_an_old_python_is_named_in_one_line():
+    assert chatclient.python_too_old((3, 10, 0)) is None
+    assert chatclient.python_too_old((3, 13, 1)) is None
+    complaint = chatclient.python_too_old((3, 9, 18, "final", 0))
+    assert "needs Python 3.10 or newer" in complaint and "is Python 3.9.18" in complaint
+    assert "\n" not in complaint
+
+
+def test_the_check_runs_before_anything_that_needs_3_10_is_imported():
+    """With sys.version_info made to say 3.9, nothing but the package itself is imported."""
+    probe = (
+        "import runpy, sys\n"
+        "sys.version_info = (3, 9, 18, 'final', 0)\n"
+        "try:\n"
+        "    runpy.run_module('chatclient', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as leaving:\n"
+        "    print(leaving.code, sorted(m for m in sys.modules if m.startswith(('chatclient', 'protocol'))))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, "--help"],
+        capture_output=True, cwd=ROOT, env=client_environment(), timeout=TIMEOUT * 2,
+    )
+    assert result.stdout.decode() == "2 ['chatclient']\n"  # neither protocol nor chatclient.cli
+    assert "needs Python 3.10 or newer" in assert_one_line(result.stderr)
+
+
+@pytest.mark.parametrize("version", _OLD_PYTHONS)
+@pytest.mark.parametrize("entry", ["-m chatclient", "console script"])
+def test_a_real_old_python_says_which_python_and_exits_2(version, entry):
+    """Both entry points, with no traceback, however old the Python (2.7 included)."""
+    python = old_python(version)
+    if entry == "-m chatclient":
+        argv = [python, "-m", "chatclient", "--help"]
+    else:  # what pip writes into the chat-client script
+        argv = [python, "-c", "import sys; from chatclient import main; sys.exit(main())", "--help"]
+    result = subprocess.run(argv, capture_output=True, cwd=ROOT, env=client_environment(), timeout=TIMEOUT * 2)
+    assert result.returncode == 2
+    line = assert_one_line(result.stderr)
+    assert line.startswith("chat-client: needs Python 3.10 or newer, but ") and f"Python {version}." in line
+    assert result.stdout == b""
 
 
 # -- scripted mode ---------------------------------------------------------------
