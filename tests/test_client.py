@@ -306,6 +306,79 @@ def test_login_flag_logs_in_before_the_input():
     assert result.stdout == b"OK\nUSER bot\nGoodbye!\n"
 
 
+def test_a_refused_login_is_said_plainly_and_exit_status_1_and_the_input_is_never_sent():
+    with threaded_server() as server:
+        bob = login(server.port, "bob")
+        result = run_client("--port", str(server.port), "--login", "BOB", input=b"LOGIN bot\nMSG hi\n")
+        bob.say("WHO", "PING")
+        bob.expect("USER bob", "PONG")  # bot never logged in: the input was not sent
+    assert result.returncode == 1
+    assert result.stdout == b"ERR username-taken\n"  # stdout still holds all the server said
+    line = assert_one_line(result.stderr)
+    assert line.startswith("chat-client: cannot log in as BOB: the name is taken")
+    assert "(ERR username-taken)" in line
+
+
+def test_an_invalid_name_refused_by_the_server_is_exit_status_1():
+    with threaded_server() as server:
+        result = run_client("--port", str(server.port), "--login", "a" * 33, input=b"")
+    assert (result.returncode, result.stdout) == (1, b"ERR invalid-username\n")
+    assert "not a name the server accepts" in assert_one_line(result.stderr)
+
+
+def test_login_on_a_full_server_gives_the_servers_reason():
+    with threaded_server(max_clients=1) as server:
+        occupant = login(server.port, "occupant")
+        result = run_client("--port", str(server.port), "--login", "bot", input=b"WHO\n")
+        occupant.close()
+    assert (result.returncode, result.stdout) == (1, b"ERR server-full\n")
+    assert "cannot log in as bot: the server is full" in assert_one_line(result.stderr)
+
+
+@contextlib.contextmanager
+def fake_server_link(replies: bytes, close: bool = True) -> Iterator[chat_client.Link]:
+    """A ``Link`` to a socket pair whose other end has already said ``replies``."""
+    ours, theirs = socket.socketpair()
+    theirs.sendall(replies)
+    if close:
+        theirs.shutdown(socket.SHUT_WR)
+    try:
+        yield chat_client.Link(ours)
+        assert theirs.recv(64) == b"LOGIN bob\n"
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_log_in_returns_ok_and_what_came_with_it():
+    with fake_server_link(b"OK\nMSG carol hi\nDM car", close=False) as link:
+        assert chat_client.log_in(link, "bob") == b"OK\nMSG carol hi\nDM car"
+
+
+@pytest.mark.parametrize(
+    "replies, reason",
+    [
+        (b"ERR username-taken\n", "the name is taken"),
+        (b"ERR server-shutting-down\n", "it is shutting down"),
+        (b"PONG\r\n", "the server answered 'PONG'"),
+        (b"\x1b[2J\n", "the server answered '\ufffd[2J'"),  # no escape reaches the terminal
+        (b"", "closed the connection without Goodbye!"),
+        (b"O", "closed the connection without Goodbye!"),
+    ],
+)
+def test_log_in_fails_on_anything_but_ok(replies, reason):
+    with fake_server_link(replies) as link, pytest.raises(chat_client.LoginFailed) as failure:
+        chat_client.log_in(link, "bob")
+    assert str(failure.value).startswith("cannot log in as bob: ") and reason in str(failure.value)
+
+
+def test_log_in_waits_for_the_answer_no_longer_than_its_timeout(monkeypatch):
+    monkeypatch.setattr(chat_client, "LOGIN_TIMEOUT", 0.05)
+    with fake_server_link(b"", close=False) as link, pytest.raises(chat_client.LoginFailed) as failure:
+        chat_client.log_in(link, "bob")
+    assert "no answer within 0.05 s" in str(failure.value)
+
+
 def test_invalid_utf8_is_replaced_so_no_telnet_byte_is_ever_sent():
     """Raw, ``\\xff\\xfd\\x01`` is Telnet's IAC DO 1: the server would answer IAC WONT 1."""
     with threaded_server() as server:
@@ -414,7 +487,8 @@ def bare_listener() -> Iterator[socket.socket]:
         listener.close()
 
 
-def test_a_plain_close_before_the_input_ends_is_reported_and_exit_status_0():
+def test_a_server_that_vanishes_while_the_input_is_open_is_exit_status_1():
+    """A close without Goodbye! or an ERR reason is not an orderly end: a script must see it."""
     with bare_listener() as listener:
         with piped_client(listener.getsockname()[1]) as bot:
             conn, _ = listener.accept()
@@ -422,8 +496,26 @@ def test_a_plain_close_before_the_input_ends_is_reported_and_exit_status_0():
             conn.close()
             status, out, err = bot.finish(close_input=False)
     assert out == b"hello\n"
-    assert "closed the connection" in assert_one_line(err)
-    assert status == 0
+    assert "closed the connection without Goodbye!" in assert_one_line(err)
+    assert status == 1
+
+
+def test_a_close_after_the_input_ended_is_the_orderly_end_of_stream():
+    """The same close, after the half-close, is the protocol's answer to it: status 0, quietly."""
+    with bare_listener() as listener:
+        with piped_client(listener.getsockname()[1]) as bot:
+            conn, _ = listener.accept()
+            bot.say(b"PING\n")
+            bot.process.stdin.close()
+            conn.settimeout(TIMEOUT)
+            received = b""
+            while chunk := conn.recv(64):  # until the client's half-close
+                received += chunk
+            conn.sendall(b"PONG\n")
+            conn.close()
+            status, out, err = bot.finish(close_input=False)
+    assert received == b"PING\n"
+    assert (status, out, err) == (0, b"PONG\n", b"")
 
 
 def test_a_reset_connection_is_one_line_and_exit_status_1():
@@ -883,6 +975,37 @@ def test_a_dumb_terminal_gets_plain_lines(pty_client):
         bob.expect("INFO carol disconnected")
     assert b"\x1b" not in carol.raw
     carol.assert_left_cleanly()
+
+
+def test_the_login_banner_waits_for_ok_and_a_vanishing_server_is_exit_status_1(pty_client):
+    """"Connected ... as bob" only once the server said OK; a close without a word is no orderly end."""
+    with bare_listener() as listener:
+        bob = pty_client(listener.getsockname()[1], "--login", "bob")
+        conn, _ = listener.accept()
+        conn.settimeout(TIMEOUT)
+        assert conn.recv(64) == b"LOGIN bob\n"
+        bob.wait_for(lambda: not select.select([bob.master], [], [], 0)[0], "nothing more to render")
+        assert bob.raw == b"", "something was shown before the answer to LOGIN"
+        conn.sendall(b"OK\n")
+        bob.wait_for(lambda: bob.screen.line(-1) == "OK" and bob.at_prompt(""), "OK, then the prompt")
+        port = listener.getsockname()[1]
+        assert bob.screen.lines()[0] == f"Connected to localhost port {port} as bob. Ctrl+D leaves."
+        conn.close()
+        bob.assert_exit(1)
+    assert any("connection lost: the server closed the connection without" in line for line in bob.screen.lines())
+    bob.assert_left_cleanly()
+
+
+def test_a_refused_login_in_a_terminal_is_one_plain_line_and_exit_status_1(pty_client):
+    with threaded_server() as server:
+        bob = login(server.port, "bob")
+        impostor = pty_client(server.port, "--login", "Bob", columns=200)
+        impostor.assert_exit(1)
+        bob.say("WHO")
+        bob.expect("USER bob")
+    shown = [line for line in impostor.screen.lines() if line]
+    assert shown == ["chat-client: cannot log in as Bob: the name is taken, someone else is logged in under it (ERR username-taken)"]
+    impostor.assert_left_cleanly()
 
 
 def test_a_refused_connection_in_a_terminal_is_one_line_and_exit_status_1(pty_client):
