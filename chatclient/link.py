@@ -138,12 +138,15 @@ class TlsLink(Link):
         pieces = []
         while True:
             try:
-                pieces.append(self._tls.read(RECV_SIZE))
+                piece = self._tls.read(RECV_SIZE)
             except ssl.SSLWantReadError:
                 break
-            except ssl.SSLZeroReturnError:
+            except ssl.SSLZeroReturnError:  # close_notify, after ours
+                piece = b""
+            if not piece:  # close_notify: CPython returns b"" when ours has not been sent
                 self._peer_done = True
                 break
+            pieces.append(piece)
         return b"".join(pieces)
 
     def send_all(self, data: bytes) -> None:
@@ -165,11 +168,16 @@ class TlsLink(Link):
         super().end_output()
 
     def shut(self) -> None:
-        """A best-effort close_notify, never waiting for a lock a blocked send holds."""
+        """A close_notify if it can go at once: never waiting for the lock, nor for room to send."""
         if self._lock.acquire(blocking=False):
             try:
-                self._tls.unwrap()
-                self._flush()
+                try:
+                    self._tls.unwrap()
+                except ssl.SSLWantReadError:
+                    pass  # sent ours; the server's is not awaited
+                data = self._outgoing.read()
+                if data:
+                    self.sock.send(data, getattr(socket, "MSG_DONTWAIT", 0))
             except (ssl.SSLError, OSError):
                 pass
             finally:

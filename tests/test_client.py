@@ -46,7 +46,7 @@ SGR = re.compile(rb"\x1b\[[0-9;]*m")
 def client_environment(**changes: str | None) -> dict:
     """The caller's environment without what would change the client's behaviour."""
     env = dict(os.environ)
-    for name in ("PORT", "NO_COLOR", "COLUMNS", "LINES", "PYTHONSTARTUP"):
+    for name in ("PORT", "TLS_PORT", "NO_COLOR", "COLUMNS", "LINES", "PYTHONSTARTUP"):
         env.pop(name, None)
     for name, value in changes.items():
         if value is None:
@@ -172,8 +172,10 @@ def test_the_console_script_runs_the_package_main():
 def test_help_lists_every_flag():
     result = run_client("--help")
     assert result.returncode == 0
-    for flag in (b"--host", b"--port", b"--login", b"--timeout", b"--version"):
+    for flag in (b"--host", b"--port", b"--login", b"--timeout", b"--tls", b"--cafile", b"--version"):
         assert flag in result.stdout
+    statuses = result.stdout.split(b"exit status:\n", 1)[1]
+    assert re.findall(rb"(?m)^  ([0-9]+) ", statuses) == [b"0", b"1", b"2", b"130"]
 
 
 @pytest.mark.parametrize(
