@@ -75,17 +75,22 @@ def tls_terminator(chat_port: int, server_pem: pathlib.Path) -> Iterator[int]:
         stderr=subprocess.PIPE,
         start_new_session=True,  # its forked children share the group, ended with it
     )
+    drain = threading.Thread(target=process.stderr.read, daemon=True)  # the log must not fill up
     try:
-        yield _listening_port(process)
+        port = _listening_port(process)
+        drain.start()
+        yield port
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
         process.wait(TIMEOUT)
+        if drain.ident is not None:  # started
+            drain.join(TIMEOUT)
         process.stderr.close()
 
 
 def _listening_port(process: subprocess.Popen) -> int:
-    """The port from socat's log line, then a thread keeps draining the log (it must not fill)."""
+    """The port, from socat's log line saying where it listens."""
     log = b""
     deadline = time.monotonic() + TIMEOUT
     while not (found := _LISTENING.search(log)):
@@ -95,7 +100,6 @@ def _listening_port(process: subprocess.Popen) -> int:
         chunk = os.read(process.stderr.fileno(), 65536) if ready else b""
         assert chunk or not ready, f"socat exited: {log!r}"
         log += chunk
-    threading.Thread(target=lambda: process.stderr.read(), daemon=True).start()
     return int(found.group(1))
 
 
