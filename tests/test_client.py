@@ -1,6 +1,6 @@
 """chat-client against a real server: scripted through pipes, interactive in a pseudo-terminal.
 
-The client always runs as a user would start it, ``python -m reactor.client``
+The client always runs as a user would start it, ``python -m chatclient``
 from the repository root, in a subprocess.  Scripted mode gets pipes and its
 output is compared byte for byte.  Interactive mode gets a pseudo-terminal
 (``os.openpty``), and everything the client and readline write to it is
@@ -16,10 +16,14 @@ the process to exit.
 from __future__ import annotations
 
 import codecs
+import configparser
 import contextlib
+import importlib
 import os
+import pathlib
 import re
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -31,8 +35,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+import chatclient
 import protocol
-from reactor import client as chat_client
+from chatclient import cli as chat_client
 from tests.netutil import ROOT, TIMEOUT, login, server_process, threaded_server
 
 SGR = re.compile(rb"\x1b\[[0-9;]*m")
@@ -41,7 +46,7 @@ SGR = re.compile(rb"\x1b\[[0-9;]*m")
 def client_environment(**changes: str | None) -> dict:
     """The caller's environment without what would change the client's behaviour."""
     env = dict(os.environ)
-    for name in ("PORT", "NO_COLOR", "COLUMNS", "LINES", "PYTHONSTARTUP"):
+    for name in ("PORT", "TLS_PORT", "NO_COLOR", "COLUMNS", "LINES", "PYTHONSTARTUP"):
         env.pop(name, None)
     for name, value in changes.items():
         if value is None:
@@ -55,7 +60,7 @@ def run_client(
     *args: str, input: bytes = b"", env: dict | None = None
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "reactor.client", *args],
+        [sys.executable, "-m", "chatclient", *args],
         input=input,
         capture_output=True,
         cwd=ROOT,
@@ -86,7 +91,7 @@ class PipedClient:
 
     def __init__(self, port: int, *args: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "reactor.client", "--port", str(port), *args],
+            [sys.executable, "-m", "chatclient", "--port", str(port), *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -152,11 +157,25 @@ def test_version_names_the_program_and_the_protocol_version():
     assert result.stdout == f"chat-client {protocol.__version__}\n".encode()
 
 
+def test_the_console_script_runs_the_package_main():
+    """``chat-client`` (setup.cfg) and ``python -m chatclient`` are one program."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg", encoding="utf-8")
+    scripts = dict(
+        line.replace(" ", "").split("=", 1)
+        for line in config["options.entry_points"]["console_scripts"].strip().splitlines()
+    )
+    module, _, function = scripts["chat-client"].partition(":")
+    assert getattr(importlib.import_module(module), function) is chatclient.main
+
+
 def test_help_lists_every_flag():
     result = run_client("--help")
     assert result.returncode == 0
-    for flag in (b"--host", b"--port", b"--login", b"--timeout", b"--version"):
+    for flag in (b"--host", b"--port", b"--login", b"--timeout", b"--tls", b"--cafile", b"--version"):
         assert flag in result.stdout
+    statuses = result.stdout.split(b"exit status:\n", 1)[1]
+    assert re.findall(rb"(?m)^  ([0-9]+) ", statuses) == [b"0", b"1", b"2", b"130"]
 
 
 @pytest.mark.parametrize(
@@ -195,6 +214,69 @@ def test_the_port_variable_reaches_a_real_server():
     assert (result.returncode, result.stdout) == (0, b"PONG\n")
 
 
+# -- an old Python -------------------------------------------------------------------
+
+
+_OLD_PYTHONS = ["2.7", "3.6", "3.7", "3.8", "3.9"]
+
+
+def old_python(version: str) -> str:
+    """The interpreter of an old Python on this machine (pyenv's, or on the PATH)."""
+    for candidate in (
+        pathlib.Path.home() / ".pyenv" / "versions",
+        pathlib.Path(os.environ.get("PYENV_ROOT", "/nonexistent")) / "versions",
+    ):
+        found = sorted(candidate.glob(f"{version}.*/bin/python"))
+        if found:
+            return str(found[-1])
+    path = shutil.which(f"python{version}")
+    if path:
+        return path
+    pytest.skip(f"no Python {version} here (the check itself is tested by simulating one)")
+
+
+def test_an_old_python_is_named_in_one_line():
+    assert chatclient.python_too_old((3, 10, 0)) is None
+    assert chatclient.python_too_old((3, 13, 1)) is None
+    complaint = chatclient.python_too_old((3, 9, 18, "final", 0))
+    assert "needs Python 3.10 or newer" in complaint and "is Python 3.9.18" in complaint
+    assert "\n" not in complaint
+
+
+def test_the_check_runs_before_anything_that_needs_3_10_is_imported():
+    """With sys.version_info made to say 3.9, nothing but the package itself is imported."""
+    probe = (
+        "import runpy, sys\n"
+        "sys.version_info = (3, 9, 18, 'final', 0)\n"
+        "try:\n"
+        "    runpy.run_module('chatclient', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as leaving:\n"
+        "    print(leaving.code, sorted(m for m in sys.modules if m.startswith(('chatclient', 'protocol'))))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, "--help"],
+        capture_output=True, cwd=ROOT, env=client_environment(), timeout=TIMEOUT * 2,
+    )
+    assert result.stdout.decode() == "2 ['chatclient']\n"  # neither protocol nor chatclient.cli
+    assert "needs Python 3.10 or newer" in assert_one_line(result.stderr)
+
+
+@pytest.mark.parametrize("version", _OLD_PYTHONS)
+@pytest.mark.parametrize("entry", ["-m chatclient", "console script"])
+def test_a_real_old_python_says_which_python_and_exits_2(version, entry):
+    """Both entry points, with no traceback, however old the Python (2.7 included)."""
+    python = old_python(version)
+    if entry == "-m chatclient":
+        argv = [python, "-m", "chatclient", "--help"]
+    else:  # what pip writes into the chat-client script
+        argv = [python, "-c", "import sys; from chatclient import main; sys.exit(main())", "--help"]
+    result = subprocess.run(argv, capture_output=True, cwd=ROOT, env=client_environment(), timeout=TIMEOUT * 2)
+    assert result.returncode == 2
+    line = assert_one_line(result.stderr)
+    assert line.startswith("chat-client: needs Python 3.10 or newer, but ") and f"Python {version}." in line
+    assert result.stdout == b""
+
+
 # -- scripted mode ---------------------------------------------------------------
 
 
@@ -224,6 +306,79 @@ def test_login_flag_logs_in_before_the_input():
         result = run_client("--port", str(server.port), "--login", "bot", input=b"WHO\nQUIT\n")
     assert (result.returncode, result.stderr) == (0, b"")
     assert result.stdout == b"OK\nUSER bot\nGoodbye!\n"
+
+
+def test_a_refused_login_is_said_plainly_and_exit_status_1_and_the_input_is_never_sent():
+    with threaded_server() as server:
+        bob = login(server.port, "bob")
+        result = run_client("--port", str(server.port), "--login", "BOB", input=b"LOGIN bot\nMSG hi\n")
+        bob.say("WHO", "PING")
+        bob.expect("USER bob", "PONG")  # bot never logged in: the input was not sent
+    assert result.returncode == 1
+    assert result.stdout == b"ERR username-taken\n"  # stdout still holds all the server said
+    line = assert_one_line(result.stderr)
+    assert line.startswith("chat-client: cannot log in as BOB: the name is taken")
+    assert "(ERR username-taken)" in line
+
+
+def test_an_invalid_name_refused_by_the_server_is_exit_status_1():
+    with threaded_server() as server:
+        result = run_client("--port", str(server.port), "--login", "a" * 33, input=b"")
+    assert (result.returncode, result.stdout) == (1, b"ERR invalid-username\n")
+    assert "not a name the server accepts" in assert_one_line(result.stderr)
+
+
+def test_login_on_a_full_server_gives_the_servers_reason():
+    with threaded_server(max_clients=1) as server:
+        occupant = login(server.port, "occupant")
+        result = run_client("--port", str(server.port), "--login", "bot", input=b"WHO\n")
+        occupant.close()
+    assert (result.returncode, result.stdout) == (1, b"ERR server-full\n")
+    assert "cannot log in as bot: the server is full" in assert_one_line(result.stderr)
+
+
+@contextlib.contextmanager
+def fake_server_link(replies: bytes, close: bool = True) -> Iterator[chat_client.Link]:
+    """A ``Link`` to a socket pair whose other end has already said ``replies``."""
+    ours, theirs = socket.socketpair()
+    theirs.sendall(replies)
+    if close:
+        theirs.shutdown(socket.SHUT_WR)
+    try:
+        yield chat_client.Link(ours)
+        assert theirs.recv(64) == b"LOGIN bob\n"
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_log_in_returns_ok_and_what_came_with_it():
+    with fake_server_link(b"OK\nMSG carol hi\nDM car", close=False) as link:
+        assert chat_client.log_in(link, "bob") == b"OK\nMSG carol hi\nDM car"
+
+
+@pytest.mark.parametrize(
+    "replies, reason",
+    [
+        (b"ERR username-taken\n", "the name is taken"),
+        (b"ERR server-shutting-down\n", "it is shutting down"),
+        (b"PONG\r\n", "the server answered 'PONG'"),
+        (b"\x1b[2J\n", "the server answered '\ufffd[2J'"),  # no escape reaches the terminal
+        (b"", "closed the connection without Goodbye!"),
+        (b"O", "closed the connection without Goodbye!"),
+    ],
+)
+def test_log_in_fails_on_anything_but_ok(replies, reason):
+    with fake_server_link(replies) as link, pytest.raises(chat_client.LoginFailed) as failure:
+        chat_client.log_in(link, "bob")
+    assert str(failure.value).startswith("cannot log in as bob: ") and reason in str(failure.value)
+
+
+def test_log_in_waits_for_the_answer_no_longer_than_its_timeout(monkeypatch):
+    monkeypatch.setattr(chat_client, "LOGIN_TIMEOUT", 0.05)
+    with fake_server_link(b"", close=False) as link, pytest.raises(chat_client.LoginFailed) as failure:
+        chat_client.log_in(link, "bob")
+    assert "no answer within 0.05 s" in str(failure.value)
 
 
 def test_invalid_utf8_is_replaced_so_no_telnet_byte_is_ever_sent():
@@ -261,7 +416,7 @@ def test_a_reader_that_leaves_is_exit_status_1_without_a_traceback():
     """``chat-client | head -1``: stdout closes under the client."""
     with threaded_server() as server:
         process = subprocess.Popen(
-            [sys.executable, "-m", "reactor.client", "--port", str(server.port)],
+            [sys.executable, "-m", "chatclient", "--port", str(server.port)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -334,7 +489,8 @@ def bare_listener() -> Iterator[socket.socket]:
         listener.close()
 
 
-def test_a_plain_close_before_the_input_ends_is_reported_and_exit_status_0():
+def test_a_server_that_vanishes_while_the_input_is_open_is_exit_status_1():
+    """A close without Goodbye! or an ERR reason is not an orderly end: a script must see it."""
     with bare_listener() as listener:
         with piped_client(listener.getsockname()[1]) as bot:
             conn, _ = listener.accept()
@@ -342,8 +498,26 @@ def test_a_plain_close_before_the_input_ends_is_reported_and_exit_status_0():
             conn.close()
             status, out, err = bot.finish(close_input=False)
     assert out == b"hello\n"
-    assert "closed the connection" in assert_one_line(err)
-    assert status == 0
+    assert "closed the connection without Goodbye!" in assert_one_line(err)
+    assert status == 1
+
+
+def test_a_close_after_the_input_ended_is_the_orderly_end_of_stream():
+    """The same close, after the half-close, is the protocol's answer to it: status 0, quietly."""
+    with bare_listener() as listener:
+        with piped_client(listener.getsockname()[1]) as bot:
+            conn, _ = listener.accept()
+            bot.say(b"PING\n")
+            bot.process.stdin.close()
+            conn.settimeout(TIMEOUT)
+            received = b""
+            while chunk := conn.recv(64):  # until the client's half-close
+                received += chunk
+            conn.sendall(b"PONG\n")
+            conn.close()
+            status, out, err = bot.finish(close_input=False)
+    assert received == b"PING\n"
+    assert (status, out, err) == (0, b"PONG\n", b"")
 
 
 def test_a_reset_connection_is_one_line_and_exit_status_1():
@@ -461,10 +635,15 @@ class VirtualTerminal:
         numbers = [int(p) if p else 0 for p in parameters.lstrip("?").split(";") if p != ""]
         count = max(1, numbers[0]) if numbers else 1
         mode = numbers[0] if numbers else 0
-        row = self.cells[self.row]
         if private or final == "m":
             return  # private modes (bracketed paste, keypad) and colours change no cell
         self.wrap_pending = False
+        if final in "ABCDG":
+            self._move(final, count)
+        elif not self._edit(final, count, mode):
+            self.unknown.append(parameters + final)
+
+    def _move(self, final: str, count: int) -> None:
         if final == "A":
             self.row = max(0, self.row - count)
         elif final == "B":
@@ -473,9 +652,13 @@ class VirtualTerminal:
             self.col = min(self.columns - 1, self.col + count)
         elif final == "D":
             self.col = max(0, self.col - count)
-        elif final == "G":
+        else:  # G
             self.col = min(self.columns - 1, count - 1)
-        elif final == "K":
+
+    def _edit(self, final: str, count: int, mode: int) -> bool:
+        """Erase, delete or insert cells; False for a sequence this terminal does not know."""
+        row = self.cells[self.row]
+        if final == "K":
             spans = {0: (self.col, self.columns), 1: (0, self.col + 1), 2: (0, self.columns)}
             start, end = spans[mode]
             row[start:end] = [" "] * (end - start)
@@ -494,18 +677,19 @@ class VirtualTerminal:
         elif final in "hl" and mode == 4:
             self.insert_mode = final == "h"
         else:
-            self.unknown.append(parameters + final)
+            return False
+        return True
 
 
 _SPAWN = (  # make the pty the controlling terminal, so Ctrl+C raises SIGINT, then become the client
     "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
-    "os.execv(sys.executable, [sys.executable, '-m', 'reactor.client'] + sys.argv[1:])"
+    "os.execv(sys.executable, [sys.executable, '-m', 'chatclient'] + sys.argv[1:])"
 )
 _END = b"@@end-of-client-output@@"
 
 
 class PtyClient:
-    """``python -m reactor.client`` in a pseudo-terminal, its screen rendered as it goes."""
+    """``python -m chatclient`` in a pseudo-terminal, its screen rendered as it goes."""
 
     PROMPT = "> "
 
@@ -793,6 +977,37 @@ def test_a_dumb_terminal_gets_plain_lines(pty_client):
         bob.expect("INFO carol disconnected")
     assert b"\x1b" not in carol.raw
     carol.assert_left_cleanly()
+
+
+def test_the_login_banner_waits_for_ok_and_a_vanishing_server_is_exit_status_1(pty_client):
+    """"Connected ... as bob" only once the server said OK; a close without a word is no orderly end."""
+    with bare_listener() as listener:
+        bob = pty_client(listener.getsockname()[1], "--login", "bob")
+        conn, _ = listener.accept()
+        conn.settimeout(TIMEOUT)
+        assert conn.recv(64) == b"LOGIN bob\n"
+        bob.wait_for(lambda: not select.select([bob.master], [], [], 0)[0], "nothing more to render")
+        assert bob.raw == b"", "something was shown before the answer to LOGIN"
+        conn.sendall(b"OK\n")
+        bob.wait_for(lambda: bob.screen.line(-1) == "OK" and bob.at_prompt(""), "OK, then the prompt")
+        port = listener.getsockname()[1]
+        assert bob.screen.lines()[0] == f"Connected to localhost port {port} as bob. Ctrl+D leaves."
+        conn.close()
+        bob.assert_exit(1)
+    assert any("connection lost: the server closed the connection without" in line for line in bob.screen.lines())
+    bob.assert_left_cleanly()
+
+
+def test_a_refused_login_in_a_terminal_is_one_plain_line_and_exit_status_1(pty_client):
+    with threaded_server() as server:
+        bob = login(server.port, "bob")
+        impostor = pty_client(server.port, "--login", "Bob", columns=200)
+        impostor.assert_exit(1)
+        bob.say("WHO")
+        bob.expect("USER bob")
+    shown = [line for line in impostor.screen.lines() if line]
+    assert shown == ["chat-client: cannot log in as Bob: the name is taken, someone else is logged in under it (ERR username-taken)"]
+    impostor.assert_left_cleanly()
 
 
 def test_a_refused_connection_in_a_terminal_is_one_line_and_exit_status_1(pty_client):

@@ -3,6 +3,8 @@
 protocol/ is pure: it may import only side-effect-free standard modules and
 its own modules, so it can be fuzzed, replayed and embedded anywhere.
 reactor/ may use the whole standard library and protocol/, nothing else.
+chatclient/ (the terminal client) may use the standard library and
+protocol/, but nothing of the reactor: it is a separate program.
 """
 
 from __future__ import annotations
@@ -51,6 +53,18 @@ def test_protocol_imports_only_pure_standard_modules(path):
 def test_reactor_imports_only_the_standard_library_and_protocol(path):
     allowed = set(sys.stdlib_module_names) | {"protocol", "reactor"}
     assert set(imported_modules(path)) <= allowed
+
+
+@pytest.mark.parametrize("path", sources("chatclient"), ids=lambda p: p.name)
+def test_the_client_imports_only_the_standard_library_and_protocol(path):
+    allowed = set(sys.stdlib_module_names) | {"protocol", "chatclient"}
+    assert set(imported_modules(path)) <= allowed
+
+
+def test_nothing_but_the_client_imports_the_client():
+    """The server and the protocol library stand without the client."""
+    for path in sources("protocol") + sources("reactor"):
+        assert "chatclient" not in set(imported_modules(path)), path
 
 
 def test_the_forbidden_list_is_not_vacuous():

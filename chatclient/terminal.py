@@ -3,7 +3,7 @@
 This module owns everything ``chat-client`` writes to a terminal in
 interactive mode: the prompt, the received lines and their colours, the
 notices, and the redraw that keeps a half-typed line intact.  It knows
-nothing of sockets; ``reactor.client`` hands it lines.
+nothing of sockets; ``chatclient.cli`` hands it lines.
 
 Theory of operation
 -------------------
@@ -89,7 +89,7 @@ __all__ = [
 PROMPT = "> "
 # The signal that asks the main thread to draw received lines (POSIX only:
 # the redraw needs readline and pthread_kill, which Windows lacks).
-DRAW_SIGNAL = getattr(signal, "SIGUSR1", None)
+DRAW_SIGNAL: int | None = getattr(signal, "SIGUSR1", None)
 
 _RESET = "\x1b[0m"
 _COLOURS = {  # first word of a received line -> SGR parameters
@@ -261,6 +261,7 @@ class Screen:
         self._point = _maybe_readline_int(readline, "rl_point")
         self._done = _maybe_readline_int(readline, "rl_done")
         if readline is not None:
+            assert DRAW_SIGNAL is not None  # maybe_readline() gives no readline without it
             signal.signal(DRAW_SIGNAL, self.on_draw_signal)
             if hasattr(readline, "set_pre_input_hook"):
                 # No bytecode, so no signal handler runs inside (see the module docstring).
@@ -291,7 +292,7 @@ class Screen:
         the reader thread prints directly, under the lock.
         """
         self._input_closed = True  # first: a handler still due must not draw on the input line
-        if self._drawing_in_main:
+        if self._drawing_in_main and DRAW_SIGNAL is not None:
             signal.pthread_sigmask(signal.SIG_BLOCK, {DRAW_SIGNAL})
         with self._lock:
             self._drawing_in_main = False
@@ -399,7 +400,7 @@ class Screen:
         rather than waiting in ``select()``, is only noticed later: the
         reader thread pokes again while ``undrawn()`` says lines wait.
         """
-        if self.undrawn():
+        if self.undrawn() and DRAW_SIGNAL is not None:
             signal.pthread_kill(threading.main_thread().ident or 0, DRAW_SIGNAL)
 
 
