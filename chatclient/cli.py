@@ -184,7 +184,7 @@ exit status:
        {CONNECT_TIMEOUT:g} s, a certificate that failed verification, ERR server-full),
        the server refused --login, or the connection was lost: reset, or
        closed by the server without Goodbye! or an ERR reason
-  2    a bad command line, PORT, TLS_PORT or --cafile (or a Python older than 3.10)
+  2    a bad command line, PORT, CHAT_TLS_PORT or --cafile (or a Python older than 3.10)
   130  Ctrl+C while connecting or logging in, or with piped input (in a
        terminal, Ctrl+C is one way to leave: status 0)"""
 
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--port", type=_port, default=None,
         help=f"server's TCP port (env PORT, default {DEFAULT_PORT}; "
-        f"with --tls env TLS_PORT, default {DEFAULT_TLS_PORT})",
+        f"with --tls env CHAT_TLS_PORT, default {DEFAULT_TLS_PORT})",
     )
     parser.add_argument(
         "--login", type=_word("a user name"), metavar="NAME",
@@ -237,7 +237,7 @@ def parse_options(
 
     The port variable is read only when ``--port`` is absent, so a stale
     variable never blocks the flag; blank counts as unset, as for the
-    server.  With TLS it is ``TLS_PORT``, not ``PORT``: ``PORT`` names the
+    server.  With TLS it is ``CHAT_TLS_PORT``, not ``PORT``: ``PORT`` names the
     server's plaintext port, and TLS to it could only fail.
     """
     parser = build_parser()
@@ -250,7 +250,7 @@ def parse_options(
             parser.error(f"--cafile {args.cafile}: {error}")
     port = args.port
     if port is None:
-        variable, default = ("TLS_PORT", DEFAULT_TLS_PORT) if tls else ("PORT", DEFAULT_PORT)
+        variable, default = ("CHAT_TLS_PORT", DEFAULT_TLS_PORT) if tls else ("PORT", DEFAULT_PORT)
         text = (os.environ if environ is None else environ).get(variable, "").strip()
         try:
             port = _port(text) if text else default

@@ -260,6 +260,7 @@ _STARTED = re.compile(rb"Chat server started on port (\d+)")
 SERVER_VARIABLES = (
     "CHAT_HOST", "IDLE_TIMEOUT", "MAX_CLIENTS", "LOG_LEVEL",
     "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES",
+    "CHAT_TLS_CERT", "CHAT_TLS_KEY", "CHAT_TLS_PORT", "CHAT_TLS_ONLY",
 )
 """Variables the server reads besides PORT; a ServerProcess starts without them unless given."""
 
@@ -326,6 +327,17 @@ class ServerProcess:
     def stderr(self) -> bytes:
         with self._started:
             return b"".join(self._stderr)
+
+    @property
+    def tls_port(self) -> int:
+        """The port of the ``TLS on port N`` line, printed right after the startup line."""
+        deadline = time.monotonic() + TIMEOUT
+        with self._started:
+            while not (match := re.search(rb"TLS on port (\d+)\n", b"".join(self._stdout))):
+                remaining = deadline - time.monotonic()
+                assert remaining > 0 and self.process.poll() is None, b"".join(self._stdout)
+                self._started.wait(min(remaining, 0.5))
+        return int(match.group(1))
 
     def wait_for_stderr(self, pattern: bytes, count: int = 1, timeout: float = TIMEOUT) -> list[re.Match]:
         """The first ``count`` matches of ``pattern`` in stderr, waiting for them; AssertionError if late."""

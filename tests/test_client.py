@@ -46,7 +46,7 @@ SGR = re.compile(rb"\x1b\[[0-9;]*m")
 def client_environment(**changes: str | None) -> dict:
     """The caller's environment without what would change the client's behaviour."""
     env = dict(os.environ)
-    for name in ("PORT", "TLS_PORT", "NO_COLOR", "COLUMNS", "LINES", "PYTHONSTARTUP"):
+    for name in ("PORT", "CHAT_TLS_PORT", "NO_COLOR", "COLUMNS", "LINES", "PYTHONSTARTUP"):
         env.pop(name, None)
     for name, value in changes.items():
         if value is None:

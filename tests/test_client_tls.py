@@ -295,9 +295,9 @@ def _read_until_closed(conn: socket.socket) -> bytes:
 def test_the_tls_port_defaults_to_4443_and_a_plain_port_flag_still_wins():
     assert chat_client.parse_options(["--tls"], {}).port == 4443
     assert chat_client.parse_options(["--tls"], {"PORT": "5000"}).port == 4443  # PORT is plaintext's
-    assert chat_client.parse_options(["--tls"], {"TLS_PORT": "5443"}).port == 5443
-    assert chat_client.parse_options(["--tls", "--port", "6000"], {"TLS_PORT": "5443"}).port == 6000
-    assert chat_client.parse_options([], {"TLS_PORT": "5443"}).port == 4000
+    assert chat_client.parse_options(["--tls"], {"CHAT_TLS_PORT": "5443"}).port == 5443
+    assert chat_client.parse_options(["--tls", "--port", "6000"], {"CHAT_TLS_PORT": "5443"}).port == 6000
+    assert chat_client.parse_options([], {"CHAT_TLS_PORT": "5443"}).port == 4000
     assert chat_client.parse_options([], {}).tls is None
 
 
@@ -333,5 +333,5 @@ def test_a_bad_cafile_is_one_line_naming_it_and_exit_2(tmp_path, kind):
 
 def test_a_bad_tls_port_variable_is_exit_2():
     with pytest.raises(SystemExit) as leaving:
-        chat_client.parse_options(["--tls"], {"TLS_PORT": "99999"})
+        chat_client.parse_options(["--tls"], {"CHAT_TLS_PORT": "99999"})
     assert leaving.value.code == 2

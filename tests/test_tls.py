@@ -8,16 +8,19 @@ and thrown away: no private key is ever committed.
 from __future__ import annotations
 
 import logging
+import shutil
+import signal
 import socket
 import ssl
 import struct
 import subprocess
+import sys
 import warnings
 
 import pytest
 import trustme
 from loopharness import LoopHarness
-from netutil import Client, TLSClient, login, threaded_server
+from netutil import ROOT, Client, TLSClient, login, server_process, threaded_server
 from tools import ProcessClient, require
 
 from reactor.connection import CLOSED, HANDSHAKING, OPEN
@@ -60,7 +63,7 @@ def tls_server(certs):
 
 
 def tls_login(server, certs, name: str) -> TLSClient:
-    client = TLSClient(server.tls_port, certs.client_context())
+    client = TLSClient(server.tls_port, certs.client_context())  # a ThreadedServer or a ServerProcess
     client.say(f"LOGIN {name}")
     client.expect("OK")
     return client
@@ -345,3 +348,92 @@ def test_phases_after_the_handshake(tls_server, certs):
     client.sync()
     (conn,) = [c for c in tls_server.reactor._connections if c.tls]
     assert conn.phase is OPEN
+
+
+# -- the daemon: flags, files, SIGHUP, the client ----------------------------------------------
+
+
+def tls_args(certs: Certificates, *extra: str) -> list[str]:
+    return ["--tls-cert", str(certs.cert_file), "--tls-key", str(certs.key_file), "--tls-port", "0", *extra]
+
+
+def test_the_daemon_serves_tls_beside_plaintext_and_the_client_verifies_it(certs):
+    with server_process(*tls_args(certs)) as server:
+        assert server.tls_port != server.port
+        plain = login(server.port, "plain")
+        completed = subprocess.run(
+            [sys.executable, "-m", "chatclient", "--tls", "--cafile", str(certs.ca_file),
+             "--host", "localhost", "--port", str(server.tls_port)],
+            input=b"LOGIN secure\nWHO\nQUIT\n", capture_output=True, timeout=20, cwd=ROOT,
+        )
+        assert completed.returncode == 0, completed.stderr
+        assert completed.stdout == b"OK\nUSER plain\nUSER secure\nGoodbye!\n"
+        plain.expect("INFO secure disconnected")
+
+
+def test_the_client_refuses_a_server_whose_name_does_not_match(certs, tmp_path):
+    with server_process(*tls_args(certs)) as server:
+        completed = subprocess.run(
+            [sys.executable, "-m", "chatclient", "--tls", "--cafile", str(certs.ca_file),
+             "--host", "127.0.0.2", "--port", str(server.tls_port)],
+            input=b"LOGIN x\n", capture_output=True, timeout=20, cwd=ROOT,
+        )
+        assert completed.returncode == 1
+        assert len(completed.stderr.decode().strip().splitlines()) == 1, completed.stderr
+
+
+def test_tls_only_has_no_plaintext_port(certs):
+    with server_process(*tls_args(certs, "--tls-only")) as server:
+        assert server.port == server.tls_port  # the startup line names the TLS port
+        client = tls_login(server, certs, "ann")
+        client.sync()
+        _, out, _ = server.stop()
+    assert out.count(b"TLS on port") == 1
+
+
+@pytest.mark.parametrize(
+    "which, expected",
+    [("cert", b"missing-cert.pem: no such file"), ("key", b"missing-key.pem: no such file")],
+)
+def test_a_missing_certificate_or_key_exits_2_naming_the_file(certs, tmp_path, which, expected):
+    args = tls_args(certs)
+    args[args.index(f"--tls-{which}") + 1] = str(tmp_path / f"missing-{which}.pem")
+    completed = subprocess.run(
+        [sys.executable, "-m", "reactor", "--host", "127.0.0.1", "--port", "0", *args],
+        capture_output=True, timeout=20, cwd=ROOT,
+    )
+    assert completed.returncode == 2
+    assert expected in completed.stderr and b"Traceback" not in completed.stderr
+    assert b"Chat server started" not in completed.stdout  # it never bound
+
+
+def test_tls_flags_without_a_certificate_are_refused():
+    completed = subprocess.run(
+        [sys.executable, "-m", "reactor", "--tls-only"], capture_output=True, timeout=20, cwd=ROOT
+    )
+    assert completed.returncode == 2
+    assert b"--tls-only" in completed.stderr and b"--tls-cert" in completed.stderr
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="SIGHUP is POSIX")
+def test_sighup_reloads_the_certificate_and_a_bad_one_keeps_the_old(certs, tmp_path):
+    live_cert, live_key = tmp_path / "live.pem", tmp_path / "live.key"
+    shutil.copy(certs.cert_file, live_cert)
+    shutil.copy(certs.key_file, live_key)
+    with server_process(
+        "--tls-cert", str(live_cert), "--tls-key", str(live_key), "--tls-port", "0"
+    ) as server:
+        before = tls_login(server, certs, "before")
+        renewed = Certificates(tmp_path, "renewed")
+        shutil.copy(renewed.cert_file, live_cert)
+        shutil.copy(renewed.key_file, live_key)
+        server.process.send_signal(signal.SIGHUP)
+        server.wait_for_stderr(rb"TLS certificate reloaded")
+        after = tls_login(server, renewed, "after")
+        before.say("MSG the old session goes on")
+        after.expect("MSG before the old session goes on")
+        live_key.write_text("not a key\n")  # a botched renewal
+        server.process.send_signal(signal.SIGHUP)
+        server.wait_for_stderr(rb"ERROR: TLS reload failed, the old certificate stays in use: .*live\.pem")
+        again = tls_login(server, renewed, "again")  # still the renewed certificate
+        again.sync()
