@@ -86,6 +86,86 @@ def bytewise(data: bytes) -> list[bytes]:
     return [data[i : i + 1] for i in range(len(data))]
 
 
+class Replay:
+    """One ``LineFramer`` per connection in front of one machine, driven as the reactor would.
+
+    Every connection is opened first; ``apply`` plays one op; ``finish``
+    gives whatever is still open end of stream and ``ConnectionClosed``.
+    ``events`` and ``effects`` record everything the machine was handed and
+    answered, in order.
+    """
+
+    def __init__(
+        self,
+        machine: ChatMachine,
+        conns: Sequence[object],
+        max_line: int,
+        split: Splitter,
+        budget: tuple[int, int],
+    ) -> None:
+        self.machine = machine
+        self.conns = list(conns)
+        self.max_line = max_line
+        self.split = split
+        self.budget = budget
+        self.framers = {conn: LineFramer(conn, max_line) for conn in self.conns}
+        self.shut = False
+        self.events: list = []
+        self.effects: list = []
+        for conn in self.conns:
+            self.handle(ConnectionOpened(conn))
+
+    def handle(self, event) -> None:
+        self.events.append(event)
+        self.effects.extend(self.machine.handle(event))
+
+    def drain(self, framer: LineFramer) -> None:
+        """Take every event out of ``framer``, within the budget per call."""
+        for _ in range(100_000):
+            for event in framer.take(*self.budget).events:
+                self.handle(event)
+            if not framer.pending:
+                # protocol.md: never more than --max-line bytes of an unfinished line.
+                assert framer.buffered <= self.max_line, (framer.buffered, self.max_line)
+                return
+        raise AssertionError("the framer never stops being pending")
+
+    def apply(self, op: tuple) -> None:
+        if op[0] == "shutdown":
+            self.shutdown()
+            return
+        conn = self.conns[op[1]]
+        if conn not in self.framers:
+            return  # already reported closed
+        if op[0] == "data":
+            self.receive(conn, op[2])
+        elif op[0] == "idle":
+            self.handle(IdleTimedOut(conn))
+        else:
+            self.end_of_stream(conn)
+
+    def shutdown(self) -> None:
+        """Only the first shutdown op reaches the machine: the reactor begins its shutdown once."""
+        if not self.shut:
+            self.shut = True
+            self.handle(ShutdownStarted())
+
+    def receive(self, conn: object, data: bytes) -> None:
+        for piece in self.split(data):
+            self.framers[conn].feed(piece)
+            self.drain(self.framers[conn])
+
+    def end_of_stream(self, conn: object) -> None:
+        framer = self.framers.pop(conn)
+        framer.end_of_stream()
+        self.drain(framer)
+        self.handle(ConnectionClosed(conn))
+
+    def finish(self) -> None:
+        for conn in list(self.framers):
+            self.end_of_stream(conn)
+
+
 def run(
     n: int,
     max_line: int,
@@ -93,56 +173,14 @@ def run(
     split: Splitter = whole,
     budget: tuple[int, int] = (BIG, BIG),
     conns: Sequence[object] = (),
-    machine: ChatMachine = None,
+    machine: ChatMachine | None = None,
 ) -> tuple[list, list]:
     """Feed ``ops`` through framers into a machine; return (events, effects)."""
-    conns = list(conns) or list(range(n))
-    machine = machine or ChatMachine()
-    framers = {conn: LineFramer(conn, max_line) for conn in conns}
-    events: list = []
-    effects: list = []
-
-    def handle(event) -> None:
-        events.append(event)
-        effects.extend(machine.handle(event))
-
-    def drain(framer: LineFramer) -> None:
-        for _ in range(100_000):
-            for event in framer.take(*budget).events:
-                handle(event)
-            if not framer.pending:
-                # protocol.md: never more than --max-line bytes of an unfinished line.
-                assert framer.buffered <= max_line, (framer.buffered, max_line)
-                return
-        raise AssertionError("the framer never stops being pending")
-
-    for conn in conns:
-        handle(ConnectionOpened(conn))
-    shut = False
+    replay = Replay(machine or ChatMachine(), list(conns) or list(range(n)), max_line, split, budget)
     for op in ops:
-        if op[0] == "shutdown":
-            if not shut:
-                shut = True
-                handle(ShutdownStarted())
-            continue
-        conn = conns[op[1]]
-        if conn not in framers:
-            continue  # already reported closed
-        if op[0] == "data":
-            for piece in split(op[2]):
-                framers[conn].feed(piece)
-                drain(framers[conn])
-        elif op[0] == "idle":
-            handle(IdleTimedOut(conn))
-        else:  # eof
-            framers[conn].end_of_stream()
-            drain(framers.pop(conn))
-            handle(ConnectionClosed(conn))
-    for conn, framer in list(framers.items()):
-        framer.end_of_stream()
-        drain(framer)
-        handle(ConnectionClosed(conn))
-    return events, effects
+        replay.apply(op)
+    replay.finish()
+    return replay.events, replay.effects
 
 
 # -- (a) nothing raises, and all output is well-formed ------------------------------------
