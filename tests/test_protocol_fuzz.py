@@ -13,7 +13,8 @@ Layers:
   identity-hashed connection ids, different objects in each) agree;
 - (d) ``ProtocolUsageError``, and nothing else, for breaches of the event
   contract;
-- the seed README's example session, replayed byte for byte.
+- the seed README's sessions (``tests/seed.py``), byte for byte, whole and one
+  byte at a time, with LF and with CRLF.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 
 import pytest
+import seed
 import strategies as gen
 from hypothesis import given
 from hypothesis import strategies as st
@@ -383,56 +385,32 @@ def test_breach_after_any_history_raises(scenario, kind, on_closed_conn):
     assert machine.usernames() == users
 
 
-# -- the seed README's example session -------------------------------------------------------
-
-# Each terminal's transcript from seed-README.md: "> " marks what the user
-# typed, the rest is what the terminal received.  protocol.md: Naman's
-# transcript omits the "MSG Yudi hello Naman!" his terminal receives, so it
-# is added here, where it arrives (after Yudi sends it, before the WHO).
-NAMAN = """\
-> LOGIN Naman
-OK
-> MSG hi everyone!
-> MSG how are you?
-MSG Yudi hello Naman!
-> WHO
-USER Naman
-USER Yudi
-> QUIT
-Goodbye!
-"""
-YUDI = """\
-> LOGIN Yudi
-OK
-MSG Naman hi everyone!
-MSG Naman how are you?
-> MSG hello Naman!
-INFO Naman disconnected
-"""
-# Who types what, in order (both log in before Naman's first message).
-SESSION = [
-    ("naman", "LOGIN Naman"),
-    ("yudi", "LOGIN Yudi"),
-    ("naman", "MSG hi everyone!"),
-    ("naman", "MSG how are you?"),
-    ("yudi", "MSG hello Naman!"),
-    ("naman", "WHO"),
-    ("naman", "QUIT"),
-]
+# -- the seed README's sessions (tests/seed.py), through framers and a machine ----------------
 
 
-@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_the_seed_session_table_says_what_the_readme_says():
+    for who, printed in seed.README_TRANSCRIPTS.items():
+        transcript = seed.EXAMPLE_SESSION.transcript(who)
+        omitted = seed.README_OMITS.get(who)
+        if omitted is not None:
+            assert transcript.count(omitted) == 1, who
+            transcript = transcript.replace(omitted, "", 1)
+        assert transcript == printed, who
+
+
+@pytest.mark.parametrize("session", seed.SESSIONS, ids=seed.session_name)
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"], ids=["lf", "crlf"])
 @pytest.mark.parametrize("split", [whole, bytewise], ids=["whole", "bytewise"])
-def test_seed_readme_session(newline, split):
-    typed = {"naman": [l[2:] for l in NAMAN.splitlines() if l.startswith("> ")],
-             "yudi": [l[2:] for l in YUDI.splitlines() if l.startswith("> ")]}
-    assert typed == {who: [line for w, line in SESSION if w == who] for who in typed}
-    index = {"naman": 0, "yudi": 1}
-    ops = [("data", index[who], line.encode() + newline) for who, line in SESSION]
-    _, effects = run(2, 4096, ops, split=split, conns=["naman", "yudi"])
-    received = output_by_connection(effects)
-    for who, transcript in (("naman", NAMAN), ("yudi", YUDI)):
-        want = "".join(l + "\n" for l in transcript.splitlines() if not l.startswith("> "))
-        assert received[who] == want.encode(), who
-    closes = [(e.conn, e.reason.value) for e in effects if isinstance(e, Close)]
-    assert closes == [("naman", "quit")]
+def test_the_seed_readme_sessions_through_framers_and_machine(session, newline, split):
+    """Step by step: each typed line's bytes go in, and out comes exactly what the step says."""
+    conns = list(session.terminals)
+    replay = Replay(ChatMachine(), conns, 4096, split, (BIG, BIG))
+    for step in session.steps:
+        already = len(replay.effects)
+        replay.apply(("data", conns.index(step.who), step.typed.encode() + newline))
+        effects = replay.effects[already:]
+        assert output_by_connection(effects) == step.output(), step
+        assert {e.conn: e.reason.value for e in effects if isinstance(e, Close)} == step.closes, step
+    already = len(replay.effects)
+    replay.finish()  # everyone still connected hangs up
+    assert output_by_connection(replay.effects[already:]) == {}
