@@ -238,6 +238,12 @@ class ChatModel:
             getattr(self, "_cmd_" + command.lower())(conn, rest)
         return self._done()
 
+    def tls_hello(self, conn: Conn) -> Expected:
+        """A TLS ClientHello opened the stream: before LOGIN, closed silently."""
+        if not self._gone(conn) and self.state[conn] != LOGGED_IN:
+            self._close(conn, "tls-on-plaintext-port")
+        return self._done()
+
     def too_long(self, conn: Conn) -> Expected:
         if not self._gone(conn):
             self._reply(conn, "ERR line-too-long")

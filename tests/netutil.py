@@ -165,31 +165,6 @@ class _ErrorRecords(logging.Handler):
         self.records.append(record)
 
 
-def seed_terminal_steps(port: int) -> None:
-    """The seed README's "Testing with Multiple Terminals" steps, alice and bob, with raw sockets."""
-    alice, bob = Client(port), Client(port)
-    alice.say("LOGIN alice")
-    alice.expect("OK")
-    bob.say("LOGIN bob")
-    bob.expect("OK")
-    alice.say("MSG Hello everyone!")
-    bob.expect("MSG alice Hello everyone!")
-    bob.say("MSG Hi alice!")
-    alice.expect("MSG bob Hi alice!")
-    bob.say("WHO")
-    bob.expect("USER alice", "USER bob")
-    alice.say("DM bob Private message")
-    bob.expect("DM alice Private message")
-    alice.say("PING")
-    alice.expect("PONG")
-    bob.say("EXIT")
-    bob.expect("Goodbye!")
-    alice.expect("INFO bob disconnected")
-    alice.say("QUIT")
-    alice.expect("Goodbye!")
-    assert alice.read_until_closed() == b""
-
-
 class ThreadedServer:
     """A Reactor serving on 127.0.0.1 in a background thread of the test process.
 

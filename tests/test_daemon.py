@@ -11,7 +11,8 @@ import subprocess
 import sys
 
 import pytest
-from netutil import ROOT, Client, ServerProcess, login, seed_terminal_steps, server_process
+import seed
+from netutil import ROOT, Client, ServerProcess, login, server_process
 from tools import ProcessClient, require
 
 
@@ -204,10 +205,11 @@ def test_help_and_version():
 # -- the seed README, against the server started as the README says --------------------------
 
 
-def test_the_seed_readme_terminals_against_python_m_reactor():
-    """The README's "Testing with Multiple Terminals" steps, raw sockets, the real daemon."""
+@pytest.mark.parametrize("session", seed.SESSIONS, ids=seed.session_name)
+def test_the_seed_readme_sessions_against_python_m_reactor(session):
+    """The README's sessions, raw sockets, the daemon started as the README says."""
     with server_process() as server:
-        seed_terminal_steps(server.port)
+        seed.play(session, lambda: Client(server.port))
         status, _, err = server.stop()
     assert status == 0 and b"Traceback" not in err
 
@@ -215,33 +217,12 @@ def test_the_seed_readme_terminals_against_python_m_reactor():
 # -- a real third-party client --------------------------------------------------------------
 
 
-def test_the_seed_session_through_netcat():
+@pytest.mark.parametrize("session", seed.SESSIONS, ids=seed.session_name)
+def test_the_seed_readme_sessions_through_netcat(session):
     nc = require("nc")
     with server_process() as server:
         # -N: shut the socket down when standard input ends, as a scripted user would.
-        naman = ProcessClient([nc, "-N", "127.0.0.1", str(server.port)])
-        yudi = ProcessClient([nc, "-N", "127.0.0.1", str(server.port)])
-        try:
-            naman.say("LOGIN Naman")
-            naman.expect("OK")
-            yudi.say("LOGIN Yudi")
-            yudi.expect("OK")
-            naman.say("MSG hi everyone!", "MSG how are you?")
-            yudi.expect("MSG Naman hi everyone!", "MSG Naman how are you?")
-            yudi.say("MSG hello Naman!")
-            naman.expect("MSG Yudi hello Naman!")
-            naman.say("WHO")
-            naman.expect("USER Naman", "USER Yudi")
-            naman.say("QUIT")
-            naman.expect("Goodbye!")
-            yudi.expect("INFO Naman disconnected")
-            assert naman.close() == 0
-            assert yudi.close() == 0
-        finally:
-            for client in (naman, yudi):
-                if client.process.poll() is None:
-                    client.process.kill()
-
+        seed.play(session, lambda: ProcessClient([nc, "-N", "127.0.0.1", str(server.port)]))
 
 def test_the_readme_s_piped_netcat_line_ends_by_itself():
     """README: ``printf ... | nc -N localhost 4000`` prints the answers and exits, with no QUIT."""

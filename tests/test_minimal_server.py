@@ -11,7 +11,8 @@ import re
 import subprocess
 import sys
 
-from netutil import ROOT, Client, seed_terminal_steps
+import seed
+from netutil import ROOT, Client
 
 EXAMPLE = ROOT / "docs" / "examples" / "minimal_server.py"
 
@@ -29,29 +30,11 @@ def start_example() -> tuple[subprocess.Popen, int]:
     return process, int(match.group(1))
 
 
-def test_the_minimal_server_serves_the_seed_session_byte_for_byte():
+def test_the_minimal_server_serves_the_seed_sessions_byte_for_byte():
     process, port = start_example()
     try:
-        naman, yudi = Client(port), Client(port)
-        naman.send(b"LOGIN Naman\n")
-        assert naman.line() == b"OK"
-        yudi.send(b"LOGIN Yudi\n")
-        assert yudi.line() == b"OK"
-        naman.send(b"MSG hi everyone!\nMSG how are you?\n")
-        assert yudi.line() == b"MSG Naman hi everyone!"
-        assert yudi.line() == b"MSG Naman how are you?"
-        yudi.send(b"MSG hello Naman!\n")
-        assert naman.line() == b"MSG Yudi hello Naman!"
-        naman.send(b"WHO\n")
-        assert (naman.line(), naman.line()) == (b"USER Naman", b"USER Yudi")
-        naman.send(b"QUIT\n")
-        assert naman.line() == b"Goodbye!"
-        assert naman.read_until_closed() == b""
-        assert yudi.line() == b"INFO Naman disconnected"
-        yudi.send(b"EXIT\n")
-        assert yudi.line() == b"Goodbye!"
-        assert yudi.read_until_closed() == b""
-        seed_terminal_steps(port)  # the README's alice and bob, DM and PING included
+        for session in seed.SESSIONS:
+            seed.play(session, lambda: Client(port))
     finally:
         process.kill()
         process.wait(5)

@@ -13,7 +13,8 @@ Layers:
   identity-hashed connection ids, different objects in each) agree;
 - (d) ``ProtocolUsageError``, and nothing else, for breaches of the event
   contract;
-- the seed README's example session, replayed byte for byte.
+- the seed README's sessions (``tests/seed.py``), byte for byte, whole and one
+  byte at a time, with LF and with CRLF.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 
 import pytest
+import seed
 import strategies as gen
 from hypothesis import given
 from hypothesis import strategies as st
@@ -86,6 +88,86 @@ def bytewise(data: bytes) -> list[bytes]:
     return [data[i : i + 1] for i in range(len(data))]
 
 
+class Replay:
+    """One ``LineFramer`` per connection in front of one machine, driven as the reactor would.
+
+    Every connection is opened first; ``apply`` plays one op; ``finish``
+    gives whatever is still open end of stream and ``ConnectionClosed``.
+    ``events`` and ``effects`` record everything the machine was handed and
+    answered, in order.
+    """
+
+    def __init__(
+        self,
+        machine: ChatMachine,
+        conns: Sequence[object],
+        max_line: int,
+        split: Splitter,
+        budget: tuple[int, int],
+    ) -> None:
+        self.machine = machine
+        self.conns = list(conns)
+        self.max_line = max_line
+        self.split = split
+        self.budget = budget
+        self.framers = {conn: LineFramer(conn, max_line) for conn in self.conns}
+        self.shut = False
+        self.events: list = []
+        self.effects: list = []
+        for conn in self.conns:
+            self.handle(ConnectionOpened(conn))
+
+    def handle(self, event) -> None:
+        self.events.append(event)
+        self.effects.extend(self.machine.handle(event))
+
+    def drain(self, framer: LineFramer) -> None:
+        """Take every event out of ``framer``, within the budget per call."""
+        for _ in range(100_000):
+            for event in framer.take(*self.budget).events:
+                self.handle(event)
+            if not framer.pending:
+                # protocol.md: never more than --max-line bytes of an unfinished line.
+                assert framer.buffered <= self.max_line, (framer.buffered, self.max_line)
+                return
+        raise AssertionError("the framer never stops being pending")
+
+    def apply(self, op: tuple) -> None:
+        if op[0] == "shutdown":
+            self.shutdown()
+            return
+        conn = self.conns[op[1]]
+        if conn not in self.framers:
+            return  # already reported closed
+        if op[0] == "data":
+            self.receive(conn, op[2])
+        elif op[0] == "idle":
+            self.handle(IdleTimedOut(conn))
+        else:
+            self.end_of_stream(conn)
+
+    def shutdown(self) -> None:
+        """Only the first shutdown op reaches the machine: the reactor begins its shutdown once."""
+        if not self.shut:
+            self.shut = True
+            self.handle(ShutdownStarted())
+
+    def receive(self, conn: object, data: bytes) -> None:
+        for piece in self.split(data):
+            self.framers[conn].feed(piece)
+            self.drain(self.framers[conn])
+
+    def end_of_stream(self, conn: object) -> None:
+        framer = self.framers.pop(conn)
+        framer.end_of_stream()
+        self.drain(framer)
+        self.handle(ConnectionClosed(conn))
+
+    def finish(self) -> None:
+        for conn in list(self.framers):
+            self.end_of_stream(conn)
+
+
 def run(
     n: int,
     max_line: int,
@@ -93,56 +175,14 @@ def run(
     split: Splitter = whole,
     budget: tuple[int, int] = (BIG, BIG),
     conns: Sequence[object] = (),
-    machine: ChatMachine = None,
+    machine: ChatMachine | None = None,
 ) -> tuple[list, list]:
     """Feed ``ops`` through framers into a machine; return (events, effects)."""
-    conns = list(conns) or list(range(n))
-    machine = machine or ChatMachine()
-    framers = {conn: LineFramer(conn, max_line) for conn in conns}
-    events: list = []
-    effects: list = []
-
-    def handle(event) -> None:
-        events.append(event)
-        effects.extend(machine.handle(event))
-
-    def drain(framer: LineFramer) -> None:
-        for _ in range(100_000):
-            for event in framer.take(*budget).events:
-                handle(event)
-            if not framer.pending:
-                # protocol.md: never more than --max-line bytes of an unfinished line.
-                assert framer.buffered <= max_line, (framer.buffered, max_line)
-                return
-        raise AssertionError("the framer never stops being pending")
-
-    for conn in conns:
-        handle(ConnectionOpened(conn))
-    shut = False
+    replay = Replay(machine or ChatMachine(), list(conns) or list(range(n)), max_line, split, budget)
     for op in ops:
-        if op[0] == "shutdown":
-            if not shut:
-                shut = True
-                handle(ShutdownStarted())
-            continue
-        conn = conns[op[1]]
-        if conn not in framers:
-            continue  # already reported closed
-        if op[0] == "data":
-            for piece in split(op[2]):
-                framers[conn].feed(piece)
-                drain(framers[conn])
-        elif op[0] == "idle":
-            handle(IdleTimedOut(conn))
-        else:  # eof
-            framers[conn].end_of_stream()
-            drain(framers.pop(conn))
-            handle(ConnectionClosed(conn))
-    for conn, framer in list(framers.items()):
-        framer.end_of_stream()
-        drain(framer)
-        handle(ConnectionClosed(conn))
-    return events, effects
+        replay.apply(op)
+    replay.finish()
+    return replay.events, replay.effects
 
 
 # -- (a) nothing raises, and all output is well-formed ------------------------------------
@@ -345,56 +385,32 @@ def test_breach_after_any_history_raises(scenario, kind, on_closed_conn):
     assert machine.usernames() == users
 
 
-# -- the seed README's example session -------------------------------------------------------
-
-# Each terminal's transcript from seed-README.md: "> " marks what the user
-# typed, the rest is what the terminal received.  protocol.md: Naman's
-# transcript omits the "MSG Yudi hello Naman!" his terminal receives, so it
-# is added here, where it arrives (after Yudi sends it, before the WHO).
-NAMAN = """\
-> LOGIN Naman
-OK
-> MSG hi everyone!
-> MSG how are you?
-MSG Yudi hello Naman!
-> WHO
-USER Naman
-USER Yudi
-> QUIT
-Goodbye!
-"""
-YUDI = """\
-> LOGIN Yudi
-OK
-MSG Naman hi everyone!
-MSG Naman how are you?
-> MSG hello Naman!
-INFO Naman disconnected
-"""
-# Who types what, in order (both log in before Naman's first message).
-SESSION = [
-    ("naman", "LOGIN Naman"),
-    ("yudi", "LOGIN Yudi"),
-    ("naman", "MSG hi everyone!"),
-    ("naman", "MSG how are you?"),
-    ("yudi", "MSG hello Naman!"),
-    ("naman", "WHO"),
-    ("naman", "QUIT"),
-]
+# -- the seed README's sessions (tests/seed.py), through framers and a machine ----------------
 
 
-@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_the_seed_session_table_says_what_the_readme_says():
+    for who, printed in seed.README_TRANSCRIPTS.items():
+        transcript = seed.EXAMPLE_SESSION.transcript(who)
+        omitted = seed.README_OMITS.get(who)
+        if omitted is not None:
+            assert transcript.count(omitted) == 1, who
+            transcript = transcript.replace(omitted, "", 1)
+        assert transcript == printed, who
+
+
+@pytest.mark.parametrize("session", seed.SESSIONS, ids=seed.session_name)
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"], ids=["lf", "crlf"])
 @pytest.mark.parametrize("split", [whole, bytewise], ids=["whole", "bytewise"])
-def test_seed_readme_session(newline, split):
-    typed = {"naman": [l[2:] for l in NAMAN.splitlines() if l.startswith("> ")],
-             "yudi": [l[2:] for l in YUDI.splitlines() if l.startswith("> ")]}
-    assert typed == {who: [line for w, line in SESSION if w == who] for who in typed}
-    index = {"naman": 0, "yudi": 1}
-    ops = [("data", index[who], line.encode() + newline) for who, line in SESSION]
-    _, effects = run(2, 4096, ops, split=split, conns=["naman", "yudi"])
-    received = output_by_connection(effects)
-    for who, transcript in (("naman", NAMAN), ("yudi", YUDI)):
-        want = "".join(l + "\n" for l in transcript.splitlines() if not l.startswith("> "))
-        assert received[who] == want.encode(), who
-    closes = [(e.conn, e.reason.value) for e in effects if isinstance(e, Close)]
-    assert closes == [("naman", "quit")]
+def test_the_seed_readme_sessions_through_framers_and_machine(session, newline, split):
+    """Step by step: each typed line's bytes go in, and out comes exactly what the step says."""
+    conns = list(session.terminals)
+    replay = Replay(ChatMachine(), conns, 4096, split, (BIG, BIG))
+    for step in session.steps:
+        already = len(replay.effects)
+        replay.apply(("data", conns.index(step.who), step.typed.encode() + newline))
+        effects = replay.effects[already:]
+        assert output_by_connection(effects) == step.output(), step
+        assert {e.conn: e.reason.value for e in effects if isinstance(e, Close)} == step.closes, step
+    already = len(replay.effects)
+    replay.finish()  # everyone still connected hangs up
+    assert output_by_connection(replay.effects[already:]) == {}

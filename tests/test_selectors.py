@@ -3,7 +3,8 @@
 ``selectors.DefaultSelector`` is epoll on Linux, kqueue on macOS and plain
 ``select`` on Windows.  The loop is written against the ``selectors``
 interface alone, so each of them must give the same behaviour; running the
-core paths under each here means a Linux run also checks the Windows
+core paths under each here (the seed README's sessions among them: this is
+their raw-TCP transport) means a Linux run also checks the Windows
 (``SelectSelector``) and BSD-style (``PollSelector``) ones: reading,
 write interest when a kernel buffer fills, end of stream, and timers.
 """
@@ -14,7 +15,8 @@ import selectors
 import time
 
 import pytest
-from netutil import Client, SmallBufferClient, login, seed_terminal_steps, threaded_server
+import seed
+from netutil import Client, SmallBufferClient, login, threaded_server
 
 KINDS = [
     name
@@ -28,10 +30,12 @@ def selector_kind(request):
     return getattr(selectors, request.param)
 
 
-def test_the_seed_session(selector_kind):
+@pytest.mark.parametrize("session", seed.SESSIONS, ids=seed.session_name)
+def test_the_seed_readme_sessions_over_raw_tcp(selector_kind, session):
+    """The raw-TCP transport of tests/seed.py: every selector kind, byte for byte."""
     with threaded_server(selector_kind()) as server:
         assert type(server.reactor._selector) is selector_kind
-        seed_terminal_steps(server.port)
+        seed.play(session, lambda: Client(server.port))
 
 
 def test_a_reader_that_falls_behind_gets_every_line_in_order_once_it_reads(selector_kind):

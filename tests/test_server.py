@@ -1,13 +1,15 @@
 """The server over real TCP on 127.0.0.1: every command, framing, idle timeouts,
 abrupt disconnects.  A reactor runs in a thread of the test process; the
-daemon's own behaviour (signals, exit statuses) is in test_daemon.py."""
+daemon's own behaviour (signals, exit statuses) is in test_daemon.py, and the
+seed README's sessions over raw TCP, once per selector kind, in
+test_selectors.py."""
 
 from __future__ import annotations
 
 import socket
 
 import pytest
-from netutil import Client, login, seed_terminal_steps, threaded_server
+from netutil import Client, login, threaded_server
 
 import reactor.loop
 from protocol import ChatMachine, LineReceived
@@ -17,35 +19,6 @@ from protocol import ChatMachine, LineReceived
 def server():
     with threaded_server() as running:
         yield running
-
-
-# -- the seed README ---------------------------------------------------------------
-
-
-def test_the_seed_readme_example_session_byte_for_byte(server):
-    naman = Client(server.port)
-    yudi = Client(server.port)
-    naman.send(b"LOGIN Naman\n")
-    assert naman.line() == b"OK"
-    yudi.send(b"LOGIN Yudi\n")
-    assert yudi.line() == b"OK"
-    naman.send(b"MSG hi everyone!\n")
-    naman.send(b"MSG how are you?\n")
-    assert yudi.line() == b"MSG Naman hi everyone!"
-    assert yudi.line() == b"MSG Naman how are you?"
-    yudi.send(b"MSG hello Naman!\n")
-    assert naman.line() == b"MSG Yudi hello Naman!"  # omitted from Naman's transcript
-    naman.send(b"WHO\n")
-    assert naman.line() == b"USER Naman"
-    assert naman.line() == b"USER Yudi"
-    naman.send(b"QUIT\n")
-    assert naman.line() == b"Goodbye!"
-    assert naman.read_until_closed() == b""
-    assert yudi.line() == b"INFO Naman disconnected"
-
-
-def test_the_seed_readme_multi_terminal_steps(server):
-    seed_terminal_steps(server.port)
 
 
 # -- every command and error ---------------------------------------------------------

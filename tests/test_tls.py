@@ -7,6 +7,7 @@ and thrown away: no private key is ever committed.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 import signal
@@ -18,6 +19,7 @@ import sys
 import warnings
 
 import pytest
+import seed
 import trustme
 from loopharness import LoopHarness
 from netutil import ROOT, Client, TLSClient, login, server_process, threaded_server
@@ -72,24 +74,13 @@ def tls_login(server, certs, name: str) -> TLSClient:
 # -- the seed session, and plaintext beside it ----------------------------------------
 
 
-def test_the_seed_session_over_tls_byte_for_byte(tls_server, certs):
-    naman = TLSClient(tls_server.tls_port, certs.client_context())
-    yudi = Client(tls_server.port)  # plaintext and TLS users share one chat
-    naman.send(b"LOGIN Naman\n")
-    assert naman.line() == b"OK"
-    yudi.send(b"LOGIN Yudi\n")
-    assert yudi.line() == b"OK"
-    naman.send(b"MSG hi everyone!\nMSG how are you?\n")
-    assert yudi.line() == b"MSG Naman hi everyone!"
-    assert yudi.line() == b"MSG Naman how are you?"
-    yudi.send(b"MSG hello Naman!\n")
-    assert naman.line() == b"MSG Yudi hello Naman!"
-    naman.send(b"WHO\n")
-    assert (naman.line(), naman.line()) == (b"USER Naman", b"USER Yudi")
-    naman.send(b"QUIT\n")
-    assert naman.line() == b"Goodbye!"
-    assert naman.read_until_closed() == b""
-    assert yudi.line() == b"INFO Naman disconnected"
+@pytest.mark.parametrize("session", seed.SESSIONS, ids=seed.session_name)
+def test_the_seed_sessions_over_tls_beside_plaintext(tls_server, certs, session):
+    """Every other terminal is a plaintext one: TLS and plaintext users share one chat."""
+    kinds = itertools.cycle(
+        [lambda: TLSClient(tls_server.tls_port, certs.client_context()), lambda: Client(tls_server.port)]
+    )
+    seed.play(session, lambda: next(kinds)())
 
 
 def test_a_broadcast_reaches_many_tls_users_in_order(tls_server, certs):

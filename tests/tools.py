@@ -11,6 +11,7 @@ import os
 import select
 import shutil
 import subprocess
+import time
 
 import pytest
 from netutil import LineSource
@@ -52,6 +53,24 @@ class ProcessClient(LineSource):
         out = self.process.stdout.fileno()
         ready, _, _ = select.select([out], [], [], timeout)
         return os.read(out, 65536) if ready else None
+
+    def read_until_closed(self, timeout: float = 5.0) -> bytes:
+        """End its input, then everything it prints until its output ends.
+
+        netcat keeps its output open as long as its input, even after the
+        server has closed the connection; ``nc -N`` then exits.
+        """
+        if not self.process.stdin.closed:
+            self.process.stdin.close()
+        deadline = time.monotonic() + timeout
+        data, self._buffer = self._buffer, b""
+        while True:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"{self.process.args[0]} still running after {timeout} s (got {data!r})"
+            chunk = self._read_chunk(remaining)
+            if chunk == b"":
+                return data
+            data += chunk or b""
 
     def close(self, timeout: float = 5.0) -> int:
         """End its input and wait for it to exit (killing it after ``timeout``)."""
