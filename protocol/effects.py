@@ -33,6 +33,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from .events import ConnId
+from .values import fast_init
 
 
 class CloseReason(enum.Enum):
@@ -56,6 +57,7 @@ class CloseReason(enum.Enum):
         return self is not CloseReason.CROSS_PROTOCOL and self is not CloseReason.TLS_ON_PLAIN_PORT
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Reply:
     """Send ``data`` to ``conn``, about its own input or its own connection."""
@@ -64,6 +66,7 @@ class Reply:
     data: bytes
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Deliver:
     """Send ``data``, a line from another user, to ``conn``."""
@@ -72,6 +75,7 @@ class Deliver:
     data: bytes
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Broadcast:
     """Send ``data`` to every connection in ``audience`` except ``exclude``."""
@@ -86,6 +90,7 @@ class Broadcast:
         return (conn for conn in self.audience if conn != exclude)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Close:
     """End ``conn``'s connection (after flushing its output if ``reason.flush_first``)."""

@@ -31,9 +31,12 @@ from __future__ import annotations
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from .values import fast_init
+
 ConnId = Hashable
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ConnectionOpened:
     """A client connected; the machine decides whether it may stay."""
@@ -41,6 +44,7 @@ class ConnectionOpened:
     conn: ConnId
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class LineReceived:
     """One complete line arrived: the bytes before the LF, minus a CR just before it.
@@ -53,6 +57,7 @@ class LineReceived:
     line: bytes
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class LineTooLong:
     """A line passed the size limit; its bytes up to the next LF are being discarded."""
@@ -60,6 +65,7 @@ class LineTooLong:
     conn: ConnId
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TelnetOptionRequested:
     """A Telnet client asked to enable an option (``IAC DO x`` or ``IAC WILL x``).
@@ -73,6 +79,7 @@ class TelnetOptionRequested:
     option: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TLSHelloReceived:
     """The stream began with a TLS record: a TLS client on the plaintext port.
@@ -84,6 +91,7 @@ class TLSHelloReceived:
     conn: ConnId
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class IdleTimedOut:
     """No complete line arrived on the connection for the configured idle time."""
@@ -91,6 +99,7 @@ class IdleTimedOut:
     conn: ConnId
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ConnectionsTimedOut:
     """Several connections reached their idle deadline at the same moment (in one turn).
@@ -105,6 +114,7 @@ class ConnectionsTimedOut:
     conns: tuple[ConnId, ...]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ConnectionClosed:
     """The connection is gone: end of stream, reset, eviction, or a close the machine asked for."""
@@ -112,6 +122,7 @@ class ConnectionClosed:
     conn: ConnId
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ConnectionsClosed:
     """Several connections ended at the same moment (in one turn of the loop).
@@ -124,6 +135,7 @@ class ConnectionsClosed:
     conns: tuple[ConnId, ...]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ShutdownStarted:
     """The server is stopping; every open connection is about to be closed."""

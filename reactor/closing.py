@@ -54,13 +54,9 @@ class Closer:
         self._max_output = max_output
         self._log = turn_log
         self._forget = forget
-        self._flushing: list[Connection] = []  # to close once their output is flushed
-        self._ended: list[Connection] = []  # gone, not yet reported to the machine
-
-    @property
-    def ended(self) -> bool:
-        """Whether some connection's end waits to be reported."""
-        return bool(self._ended)
+        # Read by the loop every turn, so plain attributes, not properties:
+        self.flushing: list[Connection] = []  # to close once their output is flushed
+        self.ended: list[Connection] = []  # gone, not yet reported to the machine
 
     def close_now(self, conn: Connection) -> None:
         """Close ``conn`` at once; its end is reported at the flush."""
@@ -81,28 +77,28 @@ class Closer:
         if conn.close_timer is None:
             conn.close_timer = CloseTimer(conn)
         self._wheel.schedule(conn.close_timer, deadline)
-        self._flushing.append(conn)
+        self.flushing.append(conn)
         conn.update_interest(self._max_output)
 
     def report(self, conn: Connection) -> None:
         """Queue ``conn``'s end for the machine (once, if it knew it), to be taken at the flush."""
         if conn.known:
             conn.known = False
-            self._ended.append(conn)
+            self.ended.append(conn)
 
     def take_ended(self) -> list[Connection]:
         """The connections that ended since the last call, each exactly once."""
-        ended, self._ended = self._ended, []
+        ended, self.ended = self.ended, []
         return ended
 
     def finish_flushed(self) -> None:
         """Close, or linger, every flushing connection whose output is all sent."""
-        flushing, self._flushing = self._flushing, []
+        flushing, self.flushing = self.flushing, []
         for conn in flushing:
             if conn.phase is not FLUSHING:
                 continue  # closed meanwhile
             if conn.queue:
-                self._flushing.append(conn)  # the kernel has not taken it all yet
+                self.flushing.append(conn)  # the kernel has not taken it all yet
             elif conn.peer_ended or not conn.linger():
                 self.close_now(conn)
             else:

@@ -62,6 +62,7 @@ machine) closes that connection, logged, and the server goes on.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import selectors
 import socket
@@ -201,13 +202,15 @@ class Reactor:
 
     def run_once(self) -> None:
         """One turn: sleep, read, time, flush."""
-        ready = self._selector.select(self._select_timeout())
+        timers_due = self._wheel.next_wakeup()
+        ready = self._selector.select(self._select_timeout(timers_due))
         self._now = self._clock()
         readable = self._sort_ready(ready)
         self._read(readable)
         if self._shutdown_requested and self._stop_at is None:
             self._begin_shutdown()
-        self._run_timers()
+        if self._due_timers or (timers_due is not None and self._now >= timers_due):
+            self._run_timers()  # (timers armed during this turn are all in the future)
         self._flush()
         if self._stop_at is not None and self._now >= self._stop_at:
             self._close_everything()
@@ -360,8 +363,8 @@ class Reactor:
 
     # -- 1. sleeping ---------------------------------------------------------
 
-    def _select_timeout(self) -> float | None:
-        """Sleep until the next timer or the shutdown deadline; not at all if work waits."""
+    def _select_timeout(self, wake: float | None) -> float | None:
+        """Sleep until ``wake`` (the next timer) or the shutdown deadline; not at all if work waits."""
         if (
             self._backlog
             or self._due_timers
@@ -369,7 +372,6 @@ class Reactor:
             or (self._shutdown_requested and self._stop_at is None)
         ):
             return 0.0
-        wake = self._wheel.next_wakeup()
         if self._stop_at is not None:
             wake = self._stop_at if wake is None else min(wake, self._stop_at)
         timeout = None if wake is None else max(0.0, wake - self._clock())
@@ -407,30 +409,36 @@ class Reactor:
 
     def _read(self, readable: list[Connection]) -> None:
         """Serve the connections put off last turn, then the newly readable, within the budget."""
-        backlog, self._backlog = self._backlog, {}
         if self._tls_buffered:
-            backlog.update(dict.fromkeys(self._tls_buffered))
+            self._backlog.update(dict.fromkeys(self._tls_buffered))
             self._tls_buffered.clear()
+        if not self._backlog and len(readable) == 1:
+            self._serve(readable[0])  # the usual turn: one connection, nothing left over
+            return
+        backlog, self._backlog = self._backlog, {}
         put_off: dict[Connection, None] = {}
         stop_at = self._now + READ_BUDGET
         clock = self._clock
-        for queue in (backlog, readable):
-            for conn in queue:
-                if queue is readable and conn in backlog:
-                    continue  # served already, from the backlog
-                if conn.phase is CLOSED:
-                    continue
-                if clock() >= stop_at:
-                    put_off[conn] = None
-                elif conn.phase is HANDSHAKING:
-                    self._handshake(conn)
-                elif conn.input_waiting and conn.phase < FLUSHING:
-                    self._resume(conn)
-                else:
-                    self._receive(conn)
+        for conn in itertools.chain(backlog, [conn for conn in readable if conn not in backlog]):
+            if put_off or clock() >= stop_at:
+                put_off[conn] = None  # over budget: everybody left waits for the next turn
+            else:
+                self._serve(conn)
         if put_off:  # first in the next turn, before those served in this one
             put_off.update(self._backlog)
             self._backlog = put_off
+
+    def _serve(self, conn: Connection) -> None:
+        """Whatever ``conn`` can go on with: its handshake, input that waited, or a read."""
+        phase = conn.phase
+        if phase is CLOSED:
+            return  # an earlier connection in this turn closed it
+        if phase is HANDSHAKING:
+            self._handshake(conn)
+        elif phase < FLUSHING and conn.input_waiting:
+            self._resume(conn)
+        else:
+            self._receive(conn)
 
     def _receive(self, conn: Connection) -> None:
         """One ``recv``, fed to the framer, then the lines it completes handled."""
@@ -599,10 +607,7 @@ class Reactor:
     def _run_timers(self) -> None:
         """Handle the timers that came due, at most ``TIMERS_PER_TURN`` of them."""
         due = self._due_timers
-        wake = self._wheel.next_wakeup()
-        if wake is not None and self._now >= wake:
-            # Timers armed during this turn are all in the future: not due yet.
-            due.extend(self._wheel.advance(self._now))
+        due.extend(self._wheel.advance(self._now))
         if not due:
             return
         idle: list[Connection] = []
@@ -645,14 +650,17 @@ class Reactor:
         nothing new was filed.
         """
         outbox = self._outbox
+        closer = self._closer
         while True:
-            self._report_ended()
+            if closer.ended:
+                self._report_ended()
             if outbox:
                 outbox.drain(self._hand_over, self._share)
             if self._writable:
                 self._send_queued_output()
-            self._closer.finish_flushed()
-            if not outbox and not self._closer.ended:
+            if closer.flushing:
+                closer.finish_flushed()
+            if not outbox and not closer.ended:
                 return
 
     def _hand_over(self, conn: Connection, pieces: list[bytes], reply_bytes: int) -> None:
@@ -739,9 +747,9 @@ class Reactor:
 
     def _report_ended(self) -> None:
         """Tell the machine which connections ended, all at once (``reactor.closing``)."""
-        if not self._closer.ended:
-            return
         ended = self._closer.take_ended()
+        if not ended:
+            return
         if len(ended) == 1:
             event: Event = ConnectionClosed(ended[0])
         else:

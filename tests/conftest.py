@@ -8,7 +8,9 @@ never a unit test's.
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
+from loopharness import LoopHarness
 
 settings.register_profile(
     "dev",
@@ -23,3 +25,18 @@ settings.register_profile(
     print_blob=True,
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture
+def harness():
+    """``harness(**settings)`` makes a ``LoopHarness`` (tests/loopharness.py), closed after the test."""
+    made = []
+
+    def make(**settings) -> LoopHarness:
+        loop = LoopHarness(**settings)
+        made.append(loop)
+        return loop
+
+    yield make
+    for loop in made:
+        loop.close()

@@ -58,8 +58,16 @@ NAMES = {
     "burst": ("--burst", None),
     "log_level": ("--log-level", "LOG_LEVEL"),
     "stats_interval": ("--stats-interval", None),
+    "tls_cert": ("--tls-cert", "CHAT_TLS_CERT"),
+    "tls_key": ("--tls-key", "CHAT_TLS_KEY"),
+    "tls_port": ("--tls-port", "CHAT_TLS_PORT"),
+    "tls_only": ("--tls-only", "CHAT_TLS_ONLY"),
 }
 ENV_FIELDS = [field for field, (_, env) in NAMES.items() if env]
+# Settings whose default --help words rather than prints.
+SHOWN_DEFAULTS = {"tls_cert": "none: no TLS", "tls_key": "in the --tls-cert file", "tls_only": "off"}
+# The TLS settings hang together (no key without a certificate): they have tests of their own.
+INDEPENDENT = [field for field in NAMES if not field.startswith("tls_")]
 ALL_VARIABLES = [env for _, env in NAMES.values() if env]
 
 # field -> (type, low, high or None) for every numeric setting
@@ -503,7 +511,7 @@ def test_help_starts_with_usage_and_a_description(help_text):
 def test_help_names_every_flag_with_its_variable_and_default(help_text, field):
     flag, variable = NAMES[field]
     flat = " ".join(help_text.split())
-    default = getattr(Config(), field)
+    default = SHOWN_DEFAULTS.get(field, getattr(Config(), field))
     if isinstance(default, float):
         default = int(default)
     line = f"(env {variable}, default {default}" if variable else f"(default {default}"
@@ -605,7 +613,8 @@ def stored(field, value):
 @given(st.data())
 def test_any_valid_combination_round_trips(data):
     argv, environ, expected = [], {}, {}
-    for field, (flag, variable) in NAMES.items():
+    for field in INDEPENDENT:
+        flag, variable = NAMES[field]
         sources = ["flag", "none"] + (["env", "both", "blank"] if variable else [])
         source = data.draw(st.sampled_from(sources), label=f"{field} source")
         value = data.draw(VALID[field], label=field)
@@ -709,3 +718,46 @@ def test_a_real_process_exits_2_with_one_error_line_and_no_traceback():
 def test_the_module_exports_what_other_code_imports():
     for name in ("Config", "build_parser", "parse_config", "DEFAULT_PORT"):
         assert name in config_module.__all__
+
+
+# -- TLS ---------------------------------------------------------------------------
+
+
+def test_tls_is_off_unless_a_certificate_is_given():
+    config = parse_config([], {})
+    assert (config.tls_cert, config.tls_key, config.tls_port, config.tls_only) == (None, None, 4443, False)
+
+
+@pytest.mark.parametrize(
+    "argv, environ, expected",
+    [
+        (["--tls-cert", "c.pem"], {}, ("c.pem", None, 4443, False)),
+        (["--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-port", "6697"], {}, ("c.pem", "k.pem", 6697, False)),
+        (["--tls-cert", "c.pem", "--tls-only"], {}, ("c.pem", None, 4443, True)),
+        ([], {"CHAT_TLS_CERT": "c.pem", "CHAT_TLS_KEY": "k.pem", "CHAT_TLS_PORT": "1", "CHAT_TLS_ONLY": "yes"},
+         ("c.pem", "k.pem", 1, True)),
+        (["--tls-cert", "flag.pem"], {"CHAT_TLS_CERT": "env.pem", "CHAT_TLS_ONLY": "0"},
+         ("flag.pem", None, 4443, False)),
+    ],
+)
+def test_tls_settings_from_flags_and_variables(argv, environ, expected):
+    config = parse_config(argv, environ)
+    assert (config.tls_cert, config.tls_key, config.tls_port, config.tls_only) == expected
+
+
+@pytest.mark.parametrize(
+    "argv, environ, named",
+    [
+        (["--tls-key", "k.pem"], {}, "--tls-key"),
+        (["--tls-only"], {}, "--tls-only"),
+        (["--tls-port", "443"], {}, "--tls-port"),
+        ([], {"CHAT_TLS_ONLY": "on"}, "--tls-only"),
+        (["--tls-cert", "c.pem", "--tls-port", "70000"], {}, "--tls-port"),
+        ([], {"CHAT_TLS_CERT": "c.pem", "CHAT_TLS_ONLY": "maybe"}, "CHAT_TLS_ONLY"),
+    ],
+)
+def test_bad_tls_settings_exit_2_naming_the_setting(argv, environ, named, capsys):
+    with pytest.raises(SystemExit) as raised:
+        parse_config(argv, environ)
+    assert raised.value.code == 2
+    assert named in capsys.readouterr().err

@@ -9,26 +9,11 @@ from __future__ import annotations
 
 import itertools
 
-import pytest
 from loopharness import LoopHarness
 
 import reactor.loop
 
 IAC, DO = 255, 253
-
-
-@pytest.fixture
-def harness():
-    made = []
-
-    def make(**settings) -> LoopHarness:
-        loop = LoopHarness(**settings)
-        made.append(loop)
-        return loop
-
-    yield make
-    for loop in made:
-        loop.close()
 
 
 def who_reply_size(loop: LoopHarness) -> int:

@@ -13,7 +13,6 @@ import errno
 import math
 import socket
 
-import pytest
 from loopharness import LoopHarness
 
 import reactor.loop
@@ -23,20 +22,6 @@ from reactor.connection import CLOSED, FLUSHING, LINGERING
 from reactor.loop import TICK
 
 IAC, DO, NOP = 255, 253, 241
-
-
-@pytest.fixture
-def harness():
-    made = []
-
-    def make(**settings) -> LoopHarness:
-        loop = LoopHarness(**settings)
-        made.append(loop)
-        return loop
-
-    yield make
-    for loop in made:
-        loop.close()
 
 
 # -- idle timeout --------------------------------------------------------------

@@ -41,7 +41,7 @@ entries = pytest.mark.parametrize("send", [share, hand_over])
 
 def loop_ended(reactor):
     """The connections whose end the machine will hear of at the flush."""
-    return reactor._closer._ended
+    return reactor._closer.ended
 
 
 @pytest.fixture

@@ -38,7 +38,8 @@ class Polling(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
 
 def make_room(members: int):
     listener = socket.create_server(("127.0.0.1", 0))
-    reactor = Reactor([listener], Config(host="127.0.0.1", port=0), selector=Polling())
+    config = Config(host="127.0.0.1", port=0, rate=0, idle_timeout=0)  # no pacing: a turn per PING
+    reactor = Reactor([listener], config, selector=Polling())
     clients = []
     for index in range(members):
         server_end, client_end = socket.socketpair()
