@@ -28,6 +28,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redisutil import redis_servers
 
+from reactor.config import Config
 from reactor.engine import (
     INSTALL_HINT,
     Backoff,
@@ -170,7 +171,8 @@ def test_the_address_never_shows_its_password():
     assert str(address) == "redis://alice:***@127.0.0.1:6380/2"
     assert repr(address) == "RedisAddress('redis://alice:***@127.0.0.1:6380/2')"
     assert f"{address}" == f"{address!s}" == str(address)
-    for shown in (repr(address), str(address), repr([address]), repr({"a": address})):
+    config = Config(cluster=address)
+    for shown in (repr(address), str(address), repr(config), str(config), repr([address]), repr({"a": address})):
         assert PASSWORD not in shown
         assert "s3cret" not in shown
         assert ENCODED not in shown
@@ -186,8 +188,9 @@ def test_the_address_never_shows_its_password_through_logging(caplog):
     with caplog.at_level(logging.DEBUG, logger=LOGGER_NAME):
         logger.warning("engine %s", address)
         logger.warning("engine %r", address)
+        logger.warning("config %r", Config(cluster=address))
         logger.warning("engine %s", {"address": address})
-    assert len(caplog.records) == 3
+    assert len(caplog.records) == 4
     for record in caplog.records:
         assert "s3cret" not in record.getMessage()
     assert "s3cret" not in caplog.text
@@ -240,7 +243,8 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_standalone_server_does_not_import_hiredis():
     result = run_python(
-        "import sys, reactor.daemon, reactor.engine\n"
+        "import sys, reactor.daemon, reactor.engine, reactor.config\n"
+        "reactor.config.parse_config(['--cluster', 'redis://:pw@127.0.0.1/1', '--workers', '2'], {})\n"
         "reactor.engine.parse_redis_url('redis://h')\n"
         "assert reactor.engine.hiredis_available()\n"
         "assert 'hiredis' not in sys.modules, 'hiredis was imported'\n"
