@@ -205,6 +205,9 @@ def test_commands_are_arrays_of_bulk_strings():
         b"*6\r\n$3\r\nSET\r\n$3\r\nk\xc3\xa9\r\n$2\r\n12\r\n$2\r\n\r\n\r\n$3\r\n0.5\r\n$2\r\nmv\r\n"
     )
     assert encode_command(["SET", "k", b""]) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n"
+    assert encode_command([bytearray(b"ba"), memoryview(b"\x01\x02\x03\x04").cast("H"), -7]) == (
+        b"*3\r\n$2\r\nba\r\n$4\r\n\x01\x02\x03\x04\r\n$2\r\n-7\r\n"
+    )
     with pytest.raises(TypeError):
         encode_command(["SET", "k", True])
 

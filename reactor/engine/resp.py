@@ -106,18 +106,24 @@ def reader_factory() -> Callable[[], Any]:
 
 
 def encode_command(args: Sequence[Arg]) -> bytes:
-    """One command as RESP: an array of bulk strings."""
-    parts: list[bytes | bytearray | memoryview] = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, str):
-            data: bytes | bytearray | memoryview = arg.encode()
-        elif isinstance(arg, bool):
-            raise TypeError("a bool is not a Redis argument: send 0 or 1")
-        elif isinstance(arg, int):
-            data = b"%d" % arg
-        elif isinstance(arg, float):
-            data = repr(arg).encode()
-        else:
-            data = arg
-        parts += (b"$%d\r\n" % len(data), data, b"\r\n")
-    return b"".join(parts)
+    """One command as RESP: an array of bulk strings.
+
+    Written for speed (one comprehension, one join): an XADD per chat line
+    goes through it.  Text and bytes take the fast path.
+    """
+    parts = [arg.encode() if arg.__class__ is str else _as_bytes(arg) for arg in args]
+    return b"*%d\r\n" % len(parts) + b"".join([b"$%d\r\n%b\r\n" % (len(part), part) for part in parts])
+
+
+def _as_bytes(arg: Arg) -> bytes:
+    if isinstance(arg, bytes):
+        return arg
+    if isinstance(arg, str):
+        return arg.encode()
+    if isinstance(arg, bool):
+        raise TypeError("a bool is not a Redis argument: send 0 or 1")
+    if isinstance(arg, int):
+        return b"%d" % arg
+    if isinstance(arg, float):
+        return repr(arg).encode()
+    return bytes(arg)  # a bytearray, or a memoryview whatever its format
