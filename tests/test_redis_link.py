@@ -668,3 +668,81 @@ def test_a_refused_port_is_a_failed_attempt(loop):
         link.start()
         loop.until(lambda: lost, "refused")
     assert lost == [os.strerror(errno.ECONNREFUSED)]
+
+
+def test_a_paused_redis_leaves_a_big_pipeline_queued_in_the_link_and_it_drains_on_resume(loop, redis):
+    """What the owner bounds with --cluster-buffer: unsent_bytes grows, the loop goes on, nothing is lost."""
+    server = redis()
+    link = connect(loop, server.url())
+    server.pause()
+    replies = Replies()
+    value = "v" * 1000
+    for _ in range(20000):  # about 20 MB: more than the socket buffers on both sides hold
+        link.send(["RPUSH", "big", value], replies)
+    queued = link.unsent_bytes
+    loop.turn(0)
+    assert 0 < link.unsent_bytes < queued  # the kernel took some, the rest waits in the link
+    assert link.interest == selectors.EVENT_READ | selectors.EVENT_WRITE
+    for _ in range(3):
+        started = time.monotonic()
+        loop.turn(0)
+        assert time.monotonic() - started < 1.0, "a turn waited for the paused engine"
+    assert link.unsent_bytes > 0 and link.pending_commands == 20000 and not replies.got
+    server.resume()
+    loop.until(lambda: len(replies.got) == 20000, "every reply", timeout=60)
+    assert replies.got == list(range(1, 20001))
+    assert link.unsent_bytes == 0 and link.interest == selectors.EVENT_READ
+
+
+def test_an_owner_without_a_selector_registers_fileno_and_interest_itself(redis):
+    server = redis()
+    selector = selectors.DefaultSelector()
+    link = RedisLink(parse_redis_url(server.url()), clock=time.monotonic)
+    registered: list = [None, 0]  # the fd and mask the selector holds
+
+    def sync():
+        fd, mask = link.fileno(), link.interest
+        if registered != [fd, mask]:
+            if registered[0] is not None:
+                selector.unregister(registered[0])
+            if mask:
+                selector.register(fd, mask, link)
+            registered[:] = [fd, mask] if mask else [None, 0]
+
+    try:
+        link.start()
+        sync()
+        replies = Replies()
+        deadline = time.monotonic() + WAIT
+        while not replies.got:
+            assert time.monotonic() < deadline
+            for key, mask in selector.select(0.05):
+                key.data.on_events(mask)
+            sync()
+            if link.ready and not link.pending_commands:
+                link.send(["PING"], replies)
+            link.flush()
+            sync()
+        assert replies.got == [b"PONG"]
+    finally:
+        link.close()
+        selector.close()
+
+
+def test_redisutil_stops_kills_and_keeps_an_append_only_file(redis):
+    """The helper's own promises: SIGTERM exits 0, AOF with fsync always survives SIGKILL."""
+    server = redis(appendonly=True)
+    assert server.command("CONFIG", "GET", "appendonly") == [b"appendonly", b"yes"]
+    assert server.command("CONFIG", "GET", "appendfsync") == [b"appendfsync", b"always"]
+    assert server.command("SET", "kept", "1") == b"OK"
+    assert server.kill() == -9
+    server.restart()
+    assert server.command("GET", "kept") == b"1"
+    assert server.stop() == 0
+    volatile = redis()
+    assert volatile.command("CONFIG", "GET", "appendonly") == [b"appendonly", b"no"]
+    assert volatile.command("CONFIG", "GET", "save") == [b"save", b""]
+    volatile.command("SET", "lost", "1")
+    volatile.kill()
+    volatile.restart()
+    assert volatile.command("GET", "lost") is None
