@@ -22,7 +22,7 @@ Lifecycle.  A link is in one ``LinkState``; the table holds every move::
                  the handshake commands are sent
     HANDSHAKING  the last handshake reply is a success           READY
     CONNECTING,  a refusal, an error reply in the handshake,     WAITING
-    HANDSHAKING  --connect-timeout passed
+    HANDSHAKING  ``connect_timeout`` passed
     READY        end of stream, a reset, a protocol error, or    WAITING
                  no reply for ``reply_timeout`` while one is due
     any          close()                                         CLOSED
