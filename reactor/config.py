@@ -38,7 +38,19 @@ list.  ``Config.host`` keeps them as one comma-separated string, in order
 and without repeats, and ``Config.hosts`` splits it; a comma never occurs
 in a host name or an IP address.
 
-Imports: the standard library and ``protocol`` (for ``__version__``) only.
+Cluster mode's settings (``--cluster`` and the flags that only mean
+something with it) are checked together after each is converted: a
+cluster flag without ``--cluster``, or ``--workers`` above 1 without it, is
+exit 2 like a bad value, and so is ``--cluster`` when the ``cluster`` extra
+(hiredis) is not installed, so the operator learns it before the server
+binds.  ``Config.cluster`` holds the parsed ``RedisAddress``, never the URL's
+text: its ``repr`` hides the password, so neither does a ``Config`` show it,
+and a refusal of ``--cluster`` quotes the URL only when it holds no ``@``
+(so no credentials).
+
+Imports: the standard library, ``protocol`` (for ``__version__``), and
+``reactor.engine``'s address parser and hiredis probe, which import neither
+hiredis nor anything outside the standard library.
 """
 
 from __future__ import annotations
@@ -54,8 +66,14 @@ from typing import Any
 
 import protocol
 
+from .engine.address import URL_FORMS, RedisAddress, parse_redis_url
+from .engine.resp import INSTALL_HINT, hiredis_available
+
 __all__ = [
     "DEFAULT_BURST",
+    "DEFAULT_CLUSTER_BUFFER",
+    "DEFAULT_CLUSTER_LEASE",
+    "DEFAULT_CLUSTER_NAME",
     "DEFAULT_HOST",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_LOG_LEVEL",
@@ -66,6 +84,7 @@ __all__ = [
     "DEFAULT_RATE",
     "DEFAULT_STATS_INTERVAL",
     "DEFAULT_TLS_PORT",
+    "DEFAULT_WORKERS",
     "LOG_LEVELS",
     "PROG",
     "Config",
@@ -86,6 +105,10 @@ DEFAULT_BURST = 100
 DEFAULT_LOG_LEVEL = "INFO"
 DEFAULT_STATS_INTERVAL = 0.0
 DEFAULT_TLS_PORT = 4443
+DEFAULT_CLUSTER_NAME = "chat"
+DEFAULT_CLUSTER_LEASE = 10.0
+DEFAULT_CLUSTER_BUFFER = 16 * 1024 * 1024
+DEFAULT_WORKERS = 1
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -114,6 +137,11 @@ class Config:
     tls_key: str | None = None  # PEM private key; None: it is in the certificate file
     tls_port: int = DEFAULT_TLS_PORT  # used only with a certificate
     tls_only: bool = False  # with a certificate: no plaintext port at all
+    cluster: RedisAddress | None = None  # the engine; None = standalone
+    cluster_name: str = DEFAULT_CLUSTER_NAME  # the prefix of every key
+    cluster_lease: float = DEFAULT_CLUSTER_LEASE  # seconds a node's users outlive its last contact
+    cluster_buffer: int = DEFAULT_CLUSTER_BUFFER  # bytes of lines waiting for the engine, at most
+    workers: int = DEFAULT_WORKERS  # node processes sharing the port (Linux, cluster mode)
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -208,6 +236,37 @@ def _hosts(text: str) -> str:
     return ",".join(hosts)
 
 
+def _positive(rule: str) -> Converter:
+    """A converter for a finite float > 0."""
+
+    def positive(text: str) -> float:
+        value = _maybe_finite(text)
+        if value is None or value <= 0:
+            raise _refusal(rule, text)
+        return value
+
+    return positive
+
+
+def _cluster_url(text: str) -> RedisAddress:
+    """A ``--cluster`` URL; the refusal quotes it only if it holds no credentials (no ``@``)."""
+    try:
+        return parse_redis_url(text)
+    except ValueError as error:
+        shown = "" if "@" in text else f", got {_shown(text)}"
+        raise argparse.ArgumentTypeError(f"must be {URL_FORMS}: {error}{shown}") from None
+
+
+_CLUSTER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _cluster_name(text: str) -> str:
+    """The key prefix: ASCII letters, digits, '.', '-', '_', so every key stays printable and unambiguous."""
+    if not _CLUSTER_NAME.fullmatch(text):
+        raise _refusal("1 to 64 ASCII letters, digits, '.', '-' or '_'", text)
+    return text
+
+
 def _file(text: str) -> str:
     """A path; whether it can be read is checked when it is loaded, before the server binds."""
     if not text or "\0" in text:
@@ -262,6 +321,7 @@ _LISTEN = "where to listen"
 _TLS = "TLS (encryption; see docs/operations.md)"
 _LIMITS = "limits"
 _LOGGING = "logging"
+_CLUSTER = "cluster mode (several nodes as one server; see docs/cluster.md)"
 
 _SETTINGS = (
     _Setting(
@@ -353,7 +413,42 @@ _SETTINGS = (
         "seconds; 0 turns it off",
         _LOGGING,
     ),
+    _Setting(
+        "cluster", "CHAT_CLUSTER", "URL", _cluster_url,
+        f"be one node of a cluster that coordinates through Redis 6.2+ at URL: {URL_FORMS}; "
+        "the password is never logged",
+        _CLUSTER,
+        shown_default="none: standalone",
+    ),
+    _Setting(
+        "cluster_name", "CHAT_CLUSTER_NAME", "NAME", _cluster_name,
+        "the prefix of every key, so several chat services can share one Redis: "
+        "letters, digits, '.', '-', '_'",
+        _CLUSTER,
+    ),
+    _Setting(
+        "cluster_lease", None, "SECONDS", _positive("a number of seconds > 0"),
+        "how long after a node's last contact with Redis its users are reported gone and "
+        "their names freed; also how long a node rides out an unreachable Redis",
+        _CLUSTER,
+    ),
+    _Setting(
+        "cluster_buffer", None, "BYTES", _whole_number(1),
+        "most bytes of lines a node holds while they wait for Redis; past it, "
+        "senders are paused, not dropped",
+        _CLUSTER,
+        shown_default="16777216 = 16 MiB",
+    ),
+    _Setting(
+        "workers", None, "N", _whole_number(1),
+        "start N node processes sharing the port (SO_REUSEPORT); N > 1 needs --cluster "
+        "and Linux",
+        _CLUSTER,
+    ),
 )
+
+_NEEDS_CLUSTER = ("cluster_name", "cluster_lease", "cluster_buffer")
+"""Settings that mean something only in cluster mode."""
 
 # -- the parser ----------------------------------------------------------------
 
@@ -377,6 +472,8 @@ examples:
   chat-server --stats-interval 3600
   chat-server --tls-cert fullchain.pem --tls-key privkey.pem
   chat-server --tls-cert fullchain.pem --tls-key privkey.pem --tls-only --tls-port 6697
+  chat-server --cluster redis://127.0.0.1:6379/0
+  CHAT_CLUSTER=redis://:password@redis.internal/0 chat-server --workers 4
 
 `--host ::` listens dual-stack, on IPv6 and IPv4 at once; the default 0.0.0.0
 is IPv4 only. Where IPv6 is not available, `--host ::` listens on IPv4 alone
@@ -392,6 +489,15 @@ reloads both without a restart, and keeps the old ones if the new ones fail.
 SIGUSR1 logs one line of statistics. Under systemd, Type=notify and socket
 activation (LISTEN_FDS, which replaces --host and --port) work as they are:
 see docs/operations.md, "Running it as a service".
+
+With --cluster the server is one node of a cluster: nodes on one machine or
+many, behind any TCP load balancer, that share names, WHO and one order of
+messages through Redis 6.2 or newer (or Valkey), as if they were one server.
+It needs the cluster extra: pip install "chat-reactor[cluster]". The URL is
+redis://[user:password@]host[:port][/db] or unix:///path[?db=N], with the
+password percent-encoded; it is never logged. rediss:// (TLS to Redis) is
+not supported. --workers N (Linux) starts N nodes sharing one port, so one
+command uses every core; see docs/cluster.md.
 
 exit status: 0 after a shutdown (SIGINT, SIGTERM); 1 when it cannot listen;
 2 for a bad flag or variable, or a Python older than 3.10."""
@@ -483,17 +589,42 @@ def parse_config(
     given = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     env = os.environ if environ is None else environ
     values = {}
+    named = {}  # field -> how the message names its source: "argument --x" or "environment variable X"
     for setting in _SETTINGS:
         value = getattr(given, setting.field)
         if setting.repeatable and value is not None:
             value = setting.convert(",".join(value))  # the flags' values, joined, without repeats
+        named[setting.field] = f"argument {setting.flag}"
         if value is None:
             value = _maybe_from_env(parser, setting, env)
+            if value is not None:
+                named[setting.field] = f"environment variable {setting.env}"
         if value is not None:
             values[setting.field] = value
+    _check_cluster(parser, values, named)
     if "tls_cert" not in values:
         for needs_cert in ("tls_key", "tls_port", "tls_only"):
             if values.get(needs_cert):
                 flag = "--" + needs_cert.replace("_", "-")
                 parser.error(f"argument {flag}: TLS needs a certificate: give --tls-cert too")
     return Config(**values)
+
+
+def _check_cluster(parser: argparse.ArgumentParser, values: dict[str, Any], named: dict[str, str]) -> None:
+    """Cluster settings that make sense only together; exit 2 naming the first that does not."""
+    if "cluster" not in values:
+        for field in _NEEDS_CLUSTER:
+            if field in values:
+                parser.error(f"{named[field]}: only means something in cluster mode: give --cluster too")
+        if values.get("workers", 1) > 1:
+            parser.error(f"{named['workers']}: more than 1 worker needs --cluster")
+        return
+    if values.get("workers", 1) > 1 and not sys.platform.startswith("linux"):
+        parser.error(f"{named['workers']}: more than 1 worker needs Linux (SO_REUSEPORT)")
+    if values.get("cluster_buffer", DEFAULT_CLUSTER_BUFFER) < values.get("max_line", DEFAULT_MAX_LINE):
+        parser.error(
+            f"{named['cluster_buffer']}: must be at least --max-line "
+            f"({values.get('max_line', DEFAULT_MAX_LINE)} bytes), or a long line could never be sent"
+        )
+    if not hiredis_available():
+        parser.error(f"{named['cluster']}: {INSTALL_HINT}")

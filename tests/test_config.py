@@ -29,6 +29,9 @@ import protocol
 from reactor import config as config_module
 from reactor.config import (
     DEFAULT_BURST,
+    DEFAULT_CLUSTER_BUFFER,
+    DEFAULT_CLUSTER_LEASE,
+    DEFAULT_CLUSTER_NAME,
     DEFAULT_HOST,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_LOG_LEVEL,
@@ -38,11 +41,13 @@ from reactor.config import (
     DEFAULT_PORT,
     DEFAULT_RATE,
     DEFAULT_STATS_INTERVAL,
+    DEFAULT_WORKERS,
     LOG_LEVELS,
     Config,
     build_parser,
     parse_config,
 )
+from reactor.engine import INSTALL_HINT, parse_redis_url
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,16 +63,27 @@ NAMES = {
     "burst": ("--burst", None),
     "log_level": ("--log-level", "LOG_LEVEL"),
     "stats_interval": ("--stats-interval", None),
+}
+# Settings with tests of their own: TLS (tests/test_tls.py) and cluster mode (below).
+TLS_NAMES = {
     "tls_cert": ("--tls-cert", "CHAT_TLS_CERT"),
     "tls_key": ("--tls-key", "CHAT_TLS_KEY"),
     "tls_port": ("--tls-port", "CHAT_TLS_PORT"),
     "tls_only": ("--tls-only", "CHAT_TLS_ONLY"),
 }
+CLUSTER_NAMES = {
+    "cluster": ("--cluster", "CHAT_CLUSTER"),
+    "cluster_name": ("--cluster-name", "CHAT_CLUSTER_NAME"),
+    "cluster_lease": ("--cluster-lease", None),
+    "cluster_buffer": ("--cluster-buffer", None),
+    "workers": ("--workers", None),
+}
+EVERY_FIELD = [*NAMES, *TLS_NAMES, *CLUSTER_NAMES]
 ENV_FIELDS = [field for field, (_, env) in NAMES.items() if env]
 # Settings whose default --help words rather than prints.
 SHOWN_DEFAULTS = {"tls_cert": "none: no TLS", "tls_key": "in the --tls-cert file", "tls_only": "off"}
-# The TLS settings hang together (no key without a certificate): they have tests of their own.
-INDEPENDENT = [field for field in NAMES if not field.startswith("tls_")]
+# Settings that can each take any valid value whatever the others are.
+INDEPENDENT = list(NAMES)
 ALL_VARIABLES = [env for _, env in NAMES.values() if env]
 
 # field -> (type, low, high or None) for every numeric setting
@@ -145,7 +161,7 @@ def test_config_is_frozen():
 
 
 def test_config_has_exactly_the_documented_fields():
-    assert [f.name for f in dataclasses.fields(Config)] == list(NAMES)
+    assert [f.name for f in dataclasses.fields(Config)] == EVERY_FIELD
 
 
 # -- every flag ------------------------------------------------------------------
@@ -507,9 +523,9 @@ def test_help_starts_with_usage_and_a_description(help_text):
     assert "A multi-user TCP chat server." in flat
 
 
-@pytest.mark.parametrize("field", list(NAMES))
+@pytest.mark.parametrize("field", [*NAMES, *TLS_NAMES])
 def test_help_names_every_flag_with_its_variable_and_default(help_text, field):
-    flag, variable = NAMES[field]
+    flag, variable = {**NAMES, **TLS_NAMES}[field]
     flat = " ".join(help_text.split())
     default = SHOWN_DEFAULTS.get(field, getattr(Config(), field))
     if isinstance(default, float):
@@ -549,7 +565,7 @@ def test_short_h_is_help(capsys):
 def test_build_parser_is_named_chat_server_and_leaves_unset_flags_none():
     parser = build_parser()
     assert parser.prog == "chat-server"
-    assert vars(parser.parse_args([])) == {field: None for field in NAMES}
+    assert vars(parser.parse_args([])) == {field: None for field in EVERY_FIELD}
 
 
 # -- the None defaults: sys.argv and os.environ ----------------------------------
@@ -761,3 +777,201 @@ def test_bad_tls_settings_exit_2_naming_the_setting(argv, environ, named, capsys
         parse_config(argv, environ)
     assert raised.value.code == 2
     assert named in capsys.readouterr().err
+
+
+# -- cluster mode -----------------------------------------------------------------------
+
+URL = "redis://127.0.0.1:6379/0"
+ADDRESS = parse_redis_url(URL)
+
+
+def test_cluster_defaults_are_standalone():
+    config = parse_config([], {})
+    assert config.cluster is None
+    assert (config.cluster_name, config.cluster_lease, config.cluster_buffer, config.workers) == (
+        "chat", 10.0, 16 * 1024 * 1024, 1,
+    )
+    assert (DEFAULT_CLUSTER_NAME, DEFAULT_CLUSTER_LEASE, DEFAULT_CLUSTER_BUFFER, DEFAULT_WORKERS) == (
+        "chat", 10.0, 16777216, 1,
+    )
+
+
+GOOD_CLUSTER = [
+    (["--cluster", URL], {}, {"cluster": ADDRESS}),
+    (["--cluster=unix:///run/redis.sock?db=2"], {}, {"cluster": parse_redis_url("unix:///run/redis.sock?db=2")}),
+    ([], {"CHAT_CLUSTER": f" {URL}\n"}, {"cluster": ADDRESS}),
+    (["--cluster", URL], {"CHAT_CLUSTER": "rediss://elsewhere"}, {"cluster": ADDRESS}),
+    (["--cluster", URL, "--cluster-name", "chat-2.prod_eu"], {}, {"cluster": ADDRESS, "cluster_name": "chat-2.prod_eu"}),
+    ([], {"CHAT_CLUSTER": URL, "CHAT_CLUSTER_NAME": "other"}, {"cluster": ADDRESS, "cluster_name": "other"}),
+    (["--cluster", URL, "--cluster-name", "a"], {"CHAT_CLUSTER_NAME": "b"}, {"cluster": ADDRESS, "cluster_name": "a"}),
+    (["--cluster", URL, "--cluster-lease", "2.5"], {}, {"cluster": ADDRESS, "cluster_lease": 2.5}),
+    (["--cluster", URL, "--cluster-lease", "1e-3"], {}, {"cluster": ADDRESS, "cluster_lease": 0.001}),
+    (["--cluster", URL, "--cluster-buffer", "4096"], {}, {"cluster": ADDRESS, "cluster_buffer": 4096}),
+    (["--cluster", URL, "--workers", "4"], {}, {"cluster": ADDRESS, "workers": 4}),
+    (["--workers", "1"], {}, {"workers": 1}),
+    (["--cluster", URL, "--max-line", "100", "--cluster-buffer", "100"], {},
+     {"cluster": ADDRESS, "max_line": 100, "cluster_buffer": 100}),
+]
+
+
+@pytest.mark.parametrize("argv, environ, fields", GOOD_CLUSTER)
+def test_cluster_settings(argv, environ, fields):
+    assert parse_config(argv, environ) == Config(**fields)
+
+
+BAD_CLUSTER_VALUES = [
+    ("--cluster-name", ""),
+    ("--cluster-name", "a b"),
+    ("--cluster-name", "chat:prod"),
+    ("--cluster-name", "chat/prod"),
+    ("--cluster-name", "caf\u00e9"),
+    ("--cluster-name", "x" * 65),
+    ("--cluster-lease", "0"),
+    ("--cluster-lease", "-1"),
+    ("--cluster-lease", "nan"),
+    ("--cluster-lease", "inf"),
+    ("--cluster-lease", "soon"),
+    ("--cluster-buffer", "0"),
+    ("--cluster-buffer", "1.5"),
+    ("--cluster-buffer", "16MiB"),
+    ("--workers", "0"),
+    ("--workers", "-2"),
+    ("--workers", "1.5"),
+    ("--workers", "all"),
+]
+
+
+@pytest.mark.parametrize("flag, text", BAD_CLUSTER_VALUES)
+def test_a_bad_cluster_value_exits_2_naming_the_flag(capsys, flag, text):
+    line = exits_2(capsys, ["--cluster", URL, f"{flag}={text}"])
+    assert line.startswith(f"chat-server: error: argument {flag}: must be ")
+    assert repr(text[:40]) in line
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("http://127.0.0.1", "must start with redis:// or unix://"),
+        ("redis://127.0.0.1:99999", "the port must be a whole number from 1 to 65535"),
+        ("rediss://127.0.0.1", "rediss:// (TLS to Redis) is not supported"),
+        ("redis://h/x", "database number"),
+        ("", "empty"),
+    ],
+)
+def test_a_bad_url_exits_2_naming_the_flag_and_what_is_wrong(capsys, text, reason):
+    line = exits_2(capsys, ["--cluster", text])
+    assert line.startswith(
+        "chat-server: error: argument --cluster: must be "
+        "redis://[user:password@]host[:port][/db] or unix:///path[?db=N]: "
+    )
+    assert reason in line
+    if text:
+        assert line.endswith(f", got {text!r}")  # no @, no credentials: it is safe to quote
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["redis://:hunter2@h:99999", "redis://alice:hunter2@h/x", "redis://u:hun/ter2@h", "rediss://:hunter2@h"],
+)
+def test_a_bad_url_with_credentials_is_never_quoted(capsys, text):
+    for argv, environ, named in (
+        (["--cluster", text], {}, "argument --cluster:"),
+        ([], {"CHAT_CLUSTER": text}, "environment variable CHAT_CLUSTER:"),
+    ):
+        line = exits_2(capsys, argv, environ)
+        assert named in line
+        assert "hun" not in line and "got" not in line
+
+
+@pytest.mark.parametrize("field", ["cluster_name", "cluster_lease", "cluster_buffer"])
+def test_a_cluster_flag_without_cluster_exits_2_naming_it(capsys, field):
+    flag, variable = CLUSTER_NAMES[field]
+    value = {"cluster_name": "x", "cluster_lease": "5", "cluster_buffer": "65536"}[field]
+    line = exits_2(capsys, [flag, value])
+    assert line == (
+        f"chat-server: error: argument {flag}: only means something in cluster mode: give --cluster too"
+    )
+    if variable:
+        line = exits_2(capsys, [], {variable: value})
+        assert line.startswith(f"chat-server: error: environment variable {variable}: only means")
+
+
+def test_several_workers_need_cluster_mode(capsys):
+    line = exits_2(capsys, ["--workers", "2"])
+    assert line == "chat-server: error: argument --workers: more than 1 worker needs --cluster"
+
+
+def test_several_workers_need_linux(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    line = exits_2(capsys, ["--cluster", URL, "--workers", "2"])
+    assert line == "chat-server: error: argument --workers: more than 1 worker needs Linux (SO_REUSEPORT)"
+    assert parse_config(["--cluster", URL, "--workers", "1"], {}).workers == 1
+
+
+def test_the_cluster_buffer_holds_at_least_one_line(capsys):
+    line = exits_2(capsys, ["--cluster", URL, "--cluster-buffer", "4095"])
+    assert line.startswith("chat-server: error: argument --cluster-buffer: must be at least --max-line (4096 bytes)")
+    line = exits_2(capsys, ["--cluster", URL, "--max-line", "20000000"])
+    assert "argument --cluster-buffer: must be at least --max-line (20000000 bytes)" in line
+
+
+def test_cluster_mode_without_hiredis_exits_2_saying_how_to_install_it(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "hiredis", None)  # what a missing package looks like to import
+    line = exits_2(capsys, ["--cluster", URL])
+    assert line == f"chat-server: error: argument --cluster: {INSTALL_HINT}"
+    assert 'pip install "chat-reactor[cluster]"' in line
+    line = exits_2(capsys, [], {"CHAT_CLUSTER": URL})
+    assert line == f"chat-server: error: environment variable CHAT_CLUSTER: {INSTALL_HINT}"
+    assert parse_config([], {}) == Config()  # standalone never asks for it
+
+
+@pytest.mark.parametrize("field", list(CLUSTER_NAMES))
+def test_help_names_every_cluster_flag_with_its_variable_and_default(help_text, field):
+    flag, variable = CLUSTER_NAMES[field]
+    flat = " ".join(help_text.split())
+    default = {
+        "cluster": "none: standalone", "cluster_name": "chat", "cluster_lease": "10",
+        "cluster_buffer": "16777216 = 16 MiB", "workers": "1",
+    }[field]
+    line = f"(env {variable}, default {default})" if variable else f"(default {default})"
+    assert f"{flag} " in help_text
+    assert line in flat
+
+
+def test_help_explains_cluster_mode(help_text):
+    assert "  chat-server --cluster redis://127.0.0.1:6379/0\n" in help_text
+    assert "  CHAT_CLUSTER=redis://:password@redis.internal/0 chat-server --workers 4\n" in help_text
+    flat = " ".join(help_text.split())
+    assert 'It needs the cluster extra: pip install "chat-reactor[cluster]"' in flat
+    assert "redis://[user:password@]host[:port][/db] or unix:///path[?db=N]" in flat
+    assert "rediss:// (TLS to Redis) is not supported" in flat
+    assert "--workers N (Linux) starts N nodes sharing one port" in flat
+
+
+@given(text=st.one_of(st.text(max_size=60), st.text(max_size=40).map(lambda t: "redis://" + t)))
+def test_any_text_for_cluster_parses_or_exits_2_naming_it(text):
+    stderr = io.StringIO()
+    try:
+        with redirect_stderr(stderr):
+            config = parse_config(["--cluster", text], {})
+    except SystemExit as exit:
+        assert exit.code == 2
+        assert "argument --cluster:" in stderr.getvalue()
+        assert "Traceback" not in stderr.getvalue()
+        if "@" in text:
+            assert ", got " not in stderr.getvalue()  # a URL that may hold credentials is never quoted
+        return
+    assert config.cluster == parse_redis_url(text)
+
+
+def test_a_real_process_never_shows_the_password():
+    environment = {k: v for k, v in os.environ.items() if k not in ALL_VARIABLES and not k.startswith("CHAT_")}
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), environment.get("PYTHONPATH")]))
+    environment["CHAT_CLUSTER"] = "redis://alice:hunter2@127.0.0.1:70000/0"
+    result = subprocess.run(
+        [sys.executable, "-c", "from reactor.config import parse_config; parse_config()"],
+        cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
+    assert "environment variable CHAT_CLUSTER: must be redis://" in result.stderr

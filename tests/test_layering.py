@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -49,10 +50,25 @@ def test_protocol_imports_only_pure_standard_modules(path):
     assert imported <= PROTOCOL_MAY_IMPORT
 
 
-@pytest.mark.parametrize("path", sources("reactor"), ids=lambda p: p.name)
+OPTIONAL_EXTRAS = {"hiredis": ROOT / "reactor" / "engine" / "resp.py"}
+"""The one optional dependency (the ``cluster`` extra), and the one module that may import it."""
+
+
+@pytest.mark.parametrize("path", sources("reactor"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_reactor_imports_only_the_standard_library_and_protocol(path):
     allowed = set(sys.stdlib_module_names) | {"protocol", "reactor"}
+    allowed |= {extra for extra, home in OPTIONAL_EXTRAS.items() if home == path}
     assert set(imported_modules(path)) <= allowed
+
+
+def test_the_standalone_server_imports_no_optional_extra():
+    extras = sorted(OPTIONAL_EXTRAS)
+    code = f"import reactor.daemon, sys; print(sorted(set(sys.modules) & set({extras!r})))"
+    completed = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("path", sources("chatclient"), ids=lambda p: p.name)
