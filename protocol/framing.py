@@ -89,6 +89,8 @@ class Taken(NamedTuple):
     """Flood-control tokens spent."""
     lines: int
     """Complete lines seen (including overlong ones): the idle timer's notion of activity."""
+    pending: bool
+    """Whether stored bytes still wait to be parsed (``LineFramer.pending`` after this take)."""
 
 
 class LineFramer:
@@ -186,11 +188,19 @@ class LineFramer:
         self._tokens = 0
         self._work = 0
         self._lines = 0
-        self._parse(max_tokens, max_work)
+        data = self._data
+        end = len(data)
+        while self._pos < end and self._work < max_work:
+            if not (self._partial or self._overlong or self._may_hold_iac or self._telnet):
+                if self._whole_lines(data, max_tokens, max_work):
+                    continue
+            if not self._step(data, end, max_tokens):
+                break
         if self._ended:
             self._drop_unfinished_if_done()
         # tuple.__new__ skips the NamedTuple's Python-level __new__: this is per read.
-        return tuple.__new__(Taken, (self._events, self._tokens, self._lines))
+        pending = self._pos < len(self._data)
+        return tuple.__new__(Taken, (self._events, self._tokens, self._lines, pending))
 
     # -- the opening: a TLS client on the plaintext port ---------------------
 
@@ -214,19 +224,9 @@ class LineFramer:
         if self._opening == _TLS:
             self._opening = _TLS_REPORTED
             events.append(TLSHelloReceived(self._conn))
-        return tuple.__new__(Taken, (events, 0, 0))
+        return tuple.__new__(Taken, (events, 0, 0, False))
 
     # -- parsing -----------------------------------------------------------
-
-    def _parse(self, max_tokens: int, max_work: int) -> None:
-        data = self._data
-        end = len(data)
-        while self._pos < end and self._work < max_work:
-            if not (self._partial or self._overlong or self._may_hold_iac or self._telnet):
-                if self._whole_lines(data, max_tokens, max_work):
-                    continue
-            if not self._step(data, end, max_tokens):
-                return
 
     def _whole_lines(self, data: bytes, max_tokens: int, max_work: int) -> bool:
         """The common case, kept tight: whole lines, no Telnet, nothing unfinished.

@@ -228,7 +228,9 @@ class ChatMachine:
 
     def _line_received(self, event: LineReceived) -> list[Effect]:
         conn = event.conn
-        session = self._session(conn)
+        session = self._sessions.get(conn)  # _session(), written out: this is every line's path
+        if session is None:
+            raise ProtocolUsageError(f"connection {conn!r} is not open")
         state = session.state
         if state is CLOSING:
             return []

@@ -46,15 +46,15 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 class TurnLog:
     """Connection lines held for one loop turn, then logged as one record."""
 
-    __slots__ = ("_logger", "_notes")
+    __slots__ = ("_logger", "notes")
 
     def __init__(self, logger: logging.Logger) -> None:
         self._logger = logger
-        self._notes: list[str] = []
+        self.notes: list[str] = []  # the turn's lines so far; the loop checks it before a flush
 
     def note(self, line: str) -> None:
         """An INFO line about a connection, written at the end of the turn."""
-        self._notes.append(line)
+        self.notes.append(line)
 
     def log(self, level: int, message: str, *args: object, exc_info: bool = False) -> None:
         """Any other record, after the notes it may refer to."""
@@ -65,8 +65,8 @@ class TurnLog:
 
     def flush(self) -> None:
         """Write the turn's notes, if any, as one record."""
-        if self._notes:
-            notes, self._notes = self._notes, []
+        if self.notes:
+            notes, self.notes = self.notes, []
             self._logger.info("%s", "\n".join(notes))
 
 

@@ -87,6 +87,7 @@ from protocol import (
     IdleTimedOut,
     Reply,
     ShutdownStarted,
+    Taken,
 )
 
 from .acceptor import LISTENER, Acceptor
@@ -214,7 +215,8 @@ class Reactor:
         self._flush()
         if self._stop_at is not None and self._now >= self._stop_at:
             self._close_everything()
-        self._turn_log.flush()
+        if self._turn_log.notes:
+            self._turn_log.flush()
         if self._after_turn is not None:
             self._after_turn()
 
@@ -412,8 +414,12 @@ class Reactor:
         if self._tls_buffered:
             self._backlog.update(dict.fromkeys(self._tls_buffered))
             self._tls_buffered.clear()
-        if not self._backlog and len(readable) == 1:
-            self._serve(readable[0])  # the usual turn: one connection, nothing left over
+        if not self._backlog and len(readable) == 1:  # the usual turn: one connection, nothing left over
+            conn = readable[0]
+            if conn.phase is OPEN:
+                self._receive(conn)  # readable means read interest: no input of its was waiting
+            else:
+                self._serve(conn)
             return
         backlog, self._backlog = self._backlog, {}
         put_off: dict[Connection, None] = {}
@@ -477,10 +483,12 @@ class Reactor:
         if conn.phase >= FLUSHING:
             return
         events = conn.unhandled
-        if events is not None:
-            conn.unhandled = None
+        if events is None:
+            taken = self._take(conn, waited)
+            events, more = taken.events, taken.pending
         else:
-            events = self._take(conn, waited)
+            conn.unhandled = None
+            more = conn.framer.pending
         try:
             handled = self._handle_commands(conn, events)
         except Exception:  # a bug, never a client's input: cost that client only
@@ -491,9 +499,10 @@ class Reactor:
             return
         if handled < len(events) and conn.phase < FLUSHING:
             conn.unhandled = events[handled:]  # its replies passed --max-output: later
-        self._after_pump(conn)
+            more = True
+        self._after_pump(conn, more)
 
-    def _take(self, conn: Connection, waited: bool) -> Sequence[Event]:
+    def _take(self, conn: Connection, waited: bool) -> Taken:
         """Parse the lines the budgets allow; flood tokens are spent here."""
         bucket = conn.bucket
         tokens = UNLIMITED if bucket is None else bucket.available(self._now, waited)
@@ -503,7 +512,7 @@ class Reactor:
         if taken.lines:
             conn.last_active = self._now
             self.counters.lines_in += taken.lines
-        return taken.events
+        return taken
 
     def _handle_commands(self, conn: Connection, events: Sequence[Event]) -> int:
         """Hand ``events`` to the machine until done, closing, or over the reply limit; how many."""
@@ -519,11 +528,11 @@ class Reactor:
                 return handled
         return len(events)
 
-    def _after_pump(self, conn: Connection) -> None:
+    def _after_pump(self, conn: Connection, input_waiting: bool) -> None:
         """Decide what ``conn`` waits for next: tokens, the next turn, or its socket."""
         if conn.phase >= FLUSHING:
             return
-        if conn.input_waiting:
+        if input_waiting:
             bucket = conn.bucket
             if conn.unhandled is None and bucket is not None and bucket.available(self._now) < 1:
                 self._wait_for_tokens(conn, bucket)
@@ -653,14 +662,14 @@ class Reactor:
         closer = self._closer
         while True:
             if closer.ended:
-                self._report_ended()
+                self._report_ended()  # files the machine's INFO lines, if any
             if outbox:
                 outbox.drain(self._hand_over, self._share)
             if self._writable:
                 self._send_queued_output()
             if closer.flushing:
                 closer.finish_flushed()
-            if not outbox and not closer.ended:
+            if not closer.ended:  # only reporting an end files more output
                 return
 
     def _hand_over(self, conn: Connection, pieces: list[bytes], reply_bytes: int) -> None:

@@ -104,7 +104,9 @@ class Outbox:
 
     def file_reply(self, conn: Conn, data: bytes) -> int:
         """File ``data`` for ``conn``, caused by its own input; its reply bytes so far this turn."""
-        marks = self._mark(conn)
+        marks = self._marks.get(conn)  # _mark(), written out: every reply comes here
+        if marks is None:
+            marks = self._marks[conn] = _Marks()
         marks.private.append((len(self._log), data))
         marks.reply_bytes += len(data)
         return marks.reply_bytes
