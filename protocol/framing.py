@@ -61,6 +61,9 @@ from .wire import DO, DONT, IAC, SB, SE, WILL
 
 DEFAULT_MAX_LINE = 4096
 
+_SPENT: list[Event] = []  # never appended to: take() makes each turn's own list
+"""What ``_events`` holds between two takes, so an idle framer keeps no events alive."""
+
 _LF = b"\n"
 _CR = 13
 _IAC_BYTE = bytes((IAC,))
@@ -128,7 +131,7 @@ class LineFramer:
         self._data = b""  # bytes received and not yet parsed, from _pos on
         self._pos = 0
         self._may_hold_iac = False  # whether _data[_pos:] may contain 0xFF
-        self._partial = bytearray()  # the unfinished line (Telnet removed), <= max_line
+        self._partial: bytes | bytearray = b""  # the unfinished line (Telnet removed), <= max_line
         self._overlong = False  # discarding the rest of a too-long line
         self._overlong_bytes = 0  # bytes of that line so far
         self._charged = 0  # tokens charged for it: always _overlong_bytes // max_line
@@ -136,7 +139,7 @@ class LineFramer:
         self._telnet_verb = 0
         self._ended = False
         self._opening = _UNSEEN  # how the stream began: is it a TLS client's?
-        self._events: list[Event] = []
+        self._events: list[Event] = _SPENT
         self._tokens = 0
         self._work = 0
         self._lines = 0
@@ -184,7 +187,8 @@ class LineFramer:
         """Parse stored bytes until they run out or a budget would be passed."""
         if self._opening >= _TLS:
             return self._tls_taken()
-        self._events = []
+        events: list[Event] = []
+        self._events = events
         self._tokens = 0
         self._work = 0
         self._lines = 0
@@ -200,7 +204,10 @@ class LineFramer:
             self._drop_unfinished_if_done()
         # tuple.__new__ skips the NamedTuple's Python-level __new__: this is per read.
         pending = self._pos < len(self._data)
-        return tuple.__new__(Taken, (self._events, self._tokens, self._lines, pending))
+        if not pending:
+            self._data, self._pos = b"", 0  # an idle connection holds no bytes of its last read
+        self._events = _SPENT
+        return tuple.__new__(Taken, (events, self._tokens, self._lines, pending))
 
     # -- the opening: a TLS client on the plaintext port ---------------------
 
@@ -216,7 +223,7 @@ class LineFramer:
                 return
         self._opening = _TLS if data[0] == _TLS_RECORD[1] else _PLAIN
         if self._opening == _TLS:
-            self._data, self._pos, self._partial = b"", 0, bytearray()
+            self._data, self._pos, self._partial = b"", 0, b""
 
     def _tls_taken(self) -> Taken:
         """``TLSHelloReceived`` once; nothing ever after."""
@@ -294,6 +301,8 @@ class LineFramer:
         max_line = self._max_line
         if not self._overlong:
             room = max_line - len(self._partial)
+            if not self._partial:  # made when a line arrives in pieces; b"" otherwise
+                self._partial = bytearray()
             if stop - start <= room:
                 self._partial += data[start:stop]
                 return stop
@@ -301,7 +310,7 @@ class LineFramer:
             start += room
             if self._tokens >= max_tokens:
                 return start
-            self._partial.clear()
+            self._partial = b""
             self._overlong = True
             self._overlong_bytes = max_line
             self._charged = 0
@@ -329,7 +338,7 @@ class LineFramer:
         if self._tokens >= max_tokens:
             return False
         line = bytes(self._partial)
-        self._partial.clear()
+        self._partial = b""
         if line and line[-1] == _CR:
             line = line[:-1]
         self._events.append(LineReceived(self._conn, line))
@@ -420,7 +429,7 @@ class LineFramer:
 
     def _drop_unfinished_if_done(self) -> None:
         if self._ended and not self.pending:
-            self._partial.clear()
+            self._partial = b""
             self._overlong = False
             self._overlong_bytes = 0
             self._charged = 0

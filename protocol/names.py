@@ -68,7 +68,8 @@ def parse_username(raw: bytes) -> Username | None:
         if _ASCII_NAME.fullmatch(raw) is None:
             return None
         display = raw.decode("ascii")
-        return Username(display, display.lower(), raw)
+        key = display.lower()
+        return Username(display, display if key == display else key, raw)  # one string if they agree
     text = _maybe_short_enough(raw)
     if text is None:
         return None

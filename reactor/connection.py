@@ -139,7 +139,9 @@ class Connection:
         self.peer = peer  # (host, port), for the log
         self.framer = LineFramer(self, max_line)
         self.bucket = bucket  # None when flood control is off
-        self.queue: list[Piece] = []  # output not yet sent, oldest first
+        # Output not yet sent, oldest first; an empty tuple, not a list, while
+        # there is none (nearly always): an idle connection carries no list.
+        self.queue: list[Piece] | tuple[()] = ()
         self.queued = 0  # bytes in queue
         self.written = 0  # bytes handed to the kernel since the connection opened
         # Replies (to its own commands) among the unsent bytes, at most one
@@ -198,7 +200,7 @@ class Connection:
             self._selector.unregister(self.sock)
             self.mask = 0
         self.sock.close()
-        self.queue.clear()
+        self.queue = ()
         self.queued = 0
         self.unhandled = None
 
@@ -248,13 +250,16 @@ class Connection:
 
     def enqueue(self, pieces: list[Piece], reply_bytes: int) -> None:
         """Append output behind what is already waiting; sends nothing."""
-        self.queue.extend(pieces)
+        if self.queue:
+            self.queue.extend(pieces)  # type: ignore[union-attr]
+        else:
+            self.queue = list(pieces)
         self.queued += sum(map(len, pieces))
         self._count_replies(reply_bytes)
 
     def keep_unsent(self, data: bytes, sent: int, reply_bytes: int) -> None:
         """Queue what the kernel did not take of ``data`` (sent on an empty queue)."""
-        self.queue.append(memoryview(data)[sent:] if sent else data)
+        self.queue = [memoryview(data)[sent:] if sent else data]
         self.queued = len(data) - sent
         self._count_replies(reply_bytes)
 
@@ -286,6 +291,7 @@ class Connection:
         Raises ``PeerGone`` if the connection is broken.
         """
         queue = self.queue
+        assert isinstance(queue, list), "send_queued needs something queued"
         try:
             if len(queue) == 1:
                 sent = self.sock.send(queue[0])
@@ -304,6 +310,7 @@ class Connection:
     def _consume(self, sent: int) -> None:
         """Drop ``sent`` bytes from the front of the queue."""
         queue = self.queue
+        assert isinstance(queue, list)
         self.queued -= sent
         self.written += sent
         chunks = self.reply_chunks
@@ -313,7 +320,7 @@ class Connection:
             if not chunks:
                 self.reply_chunks = None
         if not self.queued:
-            queue.clear()
+            self.queue = ()
             return
         done = 0
         while sent and sent >= len(queue[done]):

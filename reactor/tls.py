@@ -133,6 +133,7 @@ class TLSConnection(Connection):
 
     def send_queued(self) -> None:
         queue = self.queue
+        assert isinstance(queue, list), "send_queued needs something queued"
         if not self._retry and len(queue) > 1:
             queue[:] = [b"".join(queue)]
         try:
