@@ -199,5 +199,5 @@ def test_the_observer_counts_a_lost_dm_once():
 def test_percentiles_of_an_attack_window_count_only_its_pings():
     samples = [[0.0, 0.001], [1.0, 0.002], [1.5, 0.300], [2.0, 0.004]]
     inside = bench_attacks.window_stats(samples, 1.0, 2.0)
-    assert inside == {"count": 2, "p50_ms": 2.0, "p99_ms": 300.0, "max_ms": 300.0}
+    assert inside == {"count": 2, "p50_ms": 2.0, "p99_ms": 300.0, "max_ms": 300.0, "max_at_s": 0.5}
     assert bench_attacks.window_stats(samples, 5.0, 6.0)["count"] == 0
