@@ -15,7 +15,9 @@ per case) and reports what a healthy user next to the attack experiences:
   so the attackers' work does not delay its clock: it logs in as
   ``observer`` and sends PING every 100 ms on a fixed schedule, whether or
   not the last PONG came (a stall shows as a queue of late PONGs, not as
-  missing samples), and times every PONG from its PING.  A second
+  missing samples), and times every PONG from its PING by the kernel's
+  receive timestamp (``SO_TIMESTAMPNS``), so its own scheduling delays on
+  a busy machine do not count.  A second
   connection in the same process, ``feeder``, sends it ``DM observer <n>``
   every 50 ms; every one must arrive, in order.  Only the PINGs sent while
   the attack runs count toward its figures; those sent in a quiet second
