@@ -142,3 +142,62 @@ def test_the_share_benchmark_runs_a_real_reactor():
     )
     assert completed.returncode == 0, completed.stderr
     assert "Reactor._send_to" in completed.stdout and "stub sockets" in completed.stdout
+
+
+# -- the attack benchmark (issue 14) -------------------------------------------------
+
+import bench_attacks  # noqa: E402
+
+
+def test_the_attack_benchmark_runs_its_scenarios_and_reports_every_figure(tmp_path):
+    """A tiny idle storm and Telnet storm against the real server: nothing lost, every figure there."""
+    out = tmp_path / "attacks.json"
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_attacks.py"), "--quick",
+         "--scenario", "idle-storm", "--idle-clients", "40", "--idle-timeout", "1",
+         "--scenario", "telnet-storm", "--duration", "0.5", "--json", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    cases = {case["case"]: case for case in json.loads(out.read_text())["cases"]}
+    assert set(cases) == {"idle-storm 40", "telnet-storm 5xDO"}, list(cases)
+    storm = cases["idle-storm 40"]
+    assert storm["ok"] and storm["failures"] == []
+    assert storm["figures"]["observer"]["count"] > 0
+    assert storm["figures"]["close_after_deadline"]["min_s"] >= 0, "a victim was closed before its deadline"
+    assert {c["figure"] for c in storm["checks"]} == {
+        "observer PONG p99", "idle closes after their deadline, max"}
+    telnet = cases["telnet-storm 5xDO"]
+    assert telnet["figures"]["commands_sent"] > 0 and telnet["figures"]["server_cpu_s"] is not None
+    assert "attack" in completed.stdout and "met?" in completed.stdout
+
+
+def test_the_observer_checks_catch_lost_repeated_and_foreign_lines():
+    stream = bench_attacks.ObserverStream()
+    assert stream.feed(b"PONG\nDM feeder 0\nINFO v1 disconnected\nDM fee") == 1
+    assert stream.feed(b"der 1\nPONG\nPONG\n") == 2
+    assert (stream.pongs, stream.dms, stream.infos, stream.errors) == (3, 2, ["v1"], [])
+
+    for data, problem in [
+        (b"DM feeder 0\nDM feeder 2\n", "got DM #2 where #1 was due"),  # lost
+        (b"DM feeder 0\nDM feeder 0\n", "got DM #0 where #1 was due"),  # repeated
+        (b"DM feeder 1\nDM feeder 0\n", "got DM #1 where #0 was due"),  # reordered
+        (b"MSG v1 hello\n", "unexpected line"),
+        (b"ERR idle-timeout\n", "unexpected line"),
+    ]:
+        stream = bench_attacks.ObserverStream()
+        stream.feed(data)
+        assert stream.errors and problem in stream.errors[0], (data, stream.errors)
+
+
+def test_the_observer_counts_a_lost_dm_once():
+    stream = bench_attacks.ObserverStream()
+    stream.feed(b"DM feeder 0\nDM feeder 2\nDM feeder 3\n")
+    assert stream.dms == 4 and len(stream.errors) == 1
+
+
+def test_percentiles_of_an_attack_window_count_only_its_pings():
+    samples = [[0.0, 0.001], [1.0, 0.002], [1.5, 0.300], [2.0, 0.004]]
+    inside = bench_attacks.window_stats(samples, 1.0, 2.0)
+    assert inside == {"count": 2, "p50_ms": 2.0, "p99_ms": 300.0, "max_ms": 300.0, "max_at_s": 0.5}
+    assert bench_attacks.window_stats(samples, 5.0, 6.0)["count"] == 0
