@@ -36,10 +36,12 @@ pass is a *turn*, and ``Reactor.run_once`` is exactly one turn:
 Budgets.  No client may cost the others a stall, however many clients
 misbehave at once, so each kind of work in a turn is bounded:
 
-- per connection: one read, ``WORK_PER_TURN`` lines, and no more commands
+- per connection: one read, an equal share of ``WORK_PER_TURN`` lines (all
+  of it when it is alone, never under ``MIN_SHARE``), and no more commands
   once its unsent replies pass ``--max-output`` (the rest waits, parsed);
 - per turn: reading stops once the turn has spent ``READ_BUDGET`` seconds,
-  and ``TIMERS_PER_TURN`` timers are handled at most.  Whatever was put
+  and ``TIMERS_PER_TURN`` timers are handled at most, idle deadlines aside
+  (all of a turn's leave together, as one departure).  Whatever was put
   off is served first in the next turn, in order (round robin, so nobody
   starves), and the loop does not sleep while anything waits.
 
@@ -64,6 +66,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import selectors
 import socket
 import sys
@@ -109,11 +112,16 @@ log = logging.getLogger(LOGGER_NAME)
 READ_SIZE = 65536
 """Bytes read from one socket per turn."""
 WORK_PER_TURN = 1024
-"""Lines (and Telnet commands) handled for one connection per turn."""
+"""Lines (and Telnet commands) a turn handles, shared among the connections it serves."""
+MIN_SHARE = 16
+"""The least share of ``WORK_PER_TURN`` a connection gets, however many are busy."""
 READ_BUDGET = 0.010
 """Seconds a turn may spend reading before it puts the rest off to the next turn."""
 TIMERS_PER_TURN = 1024
-"""Timers handled per turn; the rest are handled in the next turns, at once."""
+"""Timers handled per turn, idle deadlines aside; the rest are handled in the next turns, at once."""
+IDLE_GRANULE = 1.0
+"""Idle deadlines are rounded up to this (at most a tenth of ``--idle-timeout``): those within
+one granule fall due together and leave as one departure."""
 SHUTDOWN_TIMEOUT = 2.0
 """How long the server flushes at shutdown before closing everything."""
 TICK = 0.1
@@ -186,6 +194,9 @@ class Reactor:
         self._due_timers: deque[Timer] = deque()
         self._writable: list[Connection] = []
         self._reply_limit_passed = False  # set when filing a reply; read by _pump
+        self._work_share = WORK_PER_TURN  # lines per connection this turn (see _read)
+        granule = min(IDLE_GRANULE, config.idle_timeout / 10)
+        self._idle_granule = granule if granule > TICK else 0.0
         self._bytes_out_closed = 0
         self._shutdown_requested = False
         self._stop_at: float | None = None
@@ -277,7 +288,7 @@ class Reactor:
         """``conn`` is a chat connection from now on: its idle timer runs, the machine knows it."""
         if self._idle_timeout:
             conn.idle_timer = IdleTimer(conn)
-            self._wheel.schedule(conn.idle_timer, self._now + self._idle_timeout)
+            self._wheel.schedule(conn.idle_timer, self._idle_due(self._now + self._idle_timeout))
         conn.known = True
         self._apply(self._machine.handle(ConnectionOpened(conn)))
 
@@ -415,6 +426,7 @@ class Reactor:
             self._backlog.update(dict.fromkeys(self._tls_buffered))
             self._tls_buffered.clear()
         if not self._backlog and len(readable) == 1:  # the usual turn: one connection, nothing left over
+            self._work_share = WORK_PER_TURN
             conn = readable[0]
             if conn.phase is OPEN:
                 self._receive(conn)  # readable means read interest: no input of its was waiting
@@ -423,6 +435,7 @@ class Reactor:
             return
         backlog, self._backlog = self._backlog, {}
         put_off: dict[Connection, None] = {}
+        self._work_share = max(MIN_SHARE, WORK_PER_TURN // max(1, len(backlog) + len(readable)))
         stop_at = self._now + READ_BUDGET
         clock = self._clock
         for conn in itertools.chain(backlog, [conn for conn in readable if conn not in backlog]):
@@ -506,7 +519,7 @@ class Reactor:
         """Parse the lines the budgets allow; flood tokens are spent here."""
         bucket = conn.bucket
         tokens = UNLIMITED if bucket is None else bucket.available(self._now, waited)
-        taken = conn.framer.take(tokens, WORK_PER_TURN)
+        taken = conn.framer.take(tokens, self._work_share)
         if bucket is not None and taken.tokens:
             bucket.spend(taken.tokens)
         if taken.lines:
@@ -614,22 +627,27 @@ class Reactor:
     # -- 3. time -----------------------------------------------------------
 
     def _run_timers(self) -> None:
-        """Handle the timers that came due, at most ``TIMERS_PER_TURN`` of them."""
+        """Handle the timers that came due.
+
+        Idle deadlines are all handled at once, whatever their number: the
+        connections whose deadline passed leave as one departure, which
+        costs O(leavers) however many they are, where departures cut into
+        batches would cost every later leaver an INFO per earlier one.
+        Other timers are handled ``TIMERS_PER_TURN`` a turn.
+        """
         due = self._due_timers
-        due.extend(self._wheel.advance(self._now))
-        if not due:
-            return
         idle: list[Connection] = []
-        for _ in range(min(len(due), TIMERS_PER_TURN)):
-            timer = due.popleft()
-            if timer.pending:
-                continue  # re-armed since it fired
+        for timer in self._wheel.advance(self._now):
             if type(timer) is IdleTimer:
                 self._idle_deadline(timer, idle)
             else:
-                self._on_timer[type(timer)](timer.payload)
+                due.append(timer)
         if idle:
             self._time_out(idle)
+        for _ in range(min(len(due), TIMERS_PER_TURN)):
+            timer = due.popleft()
+            if not timer.pending:  # (pending again: re-armed since it fired)
+                self._on_timer[type(timer)](timer.payload)
 
     def _idle_deadline(self, timer: Timer, expired: list[Connection]) -> None:
         conn: Connection = timer.payload  # type: ignore[assignment]
@@ -637,9 +655,16 @@ class Reactor:
             return
         deadline = conn.last_active + self._idle_timeout
         if deadline > self._now:
-            self._wheel.schedule(timer, deadline)  # it was active since: re-arm lazily
+            self._wheel.schedule(timer, self._idle_due(deadline))  # it was active since: re-arm lazily
         else:
             expired.append(conn)
+
+    def _idle_due(self, deadline: float) -> float:
+        """When to check an idle deadline: rounded up to the granule, so neighbours fire together."""
+        granule = self._idle_granule
+        if not granule:
+            return deadline
+        return self._started + math.ceil((deadline - self._started) / granule) * granule
 
     def _time_out(self, conns: list[Connection]) -> None:
         """The idle timeouts of one turn, as one departure."""

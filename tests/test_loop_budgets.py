@@ -71,15 +71,17 @@ def test_a_busy_turn_stops_reading_at_its_budget_and_serves_everyone_in_turn(har
     """30 connections with more work than a turn allows, and one that just pings.
 
     The clock moves a millisecond each time the loop reads it, so a 9.5 ms
-    budget lets a turn serve about nine connections.  Those put off go
+    budget lets a turn serve about nine connections, and 31 ready
+    connections share the turn's 1,024 lines: 33 or 34 each.  Those put off go
     first next turn: the pinger is answered within a few turns, and every
     flooder is served as often as every other.
     """
     monkeypatch.setattr(reactor.loop, "READ_BUDGET", 0.0095)
     loop = harness(rate=0, idle_timeout=0, max_output=1 << 30)
     flooders = [loop.connect() for _ in range(30)]
+    lines = 600
     for flooder in flooders:
-        flooder.send(b"PING\n" * 6_000)  # about 6 turns of work each (1,024 lines a turn)
+        flooder.send(b"PING\n" * lines)  # about 18 shares each
     pinger = loop.connect()
     pinger.say("PING")
     ticking = loop.clock
@@ -93,19 +95,32 @@ def test_a_busy_turn_stops_reading_at_its_budget_and_serves_everyone_in_turn(har
     served = {flooder: 0 for flooder in flooders}
     answered_in = None
     for turn in itertools.count(1):
-        assert turn <= 40, "the flooders never finished"
+        assert turn <= 200, "the flooders never finished"
+        busy = sum(1 for count in served.values() if count < lines)  # each is ready: backlog or socket
+        share = max(reactor.loop.MIN_SHARE, reactor.loop.WORK_PER_TURN // busy)
         loop.turn()
         if answered_in is None and pinger.lines() == ["PONG"]:
             answered_in = turn
-        for flooder in flooders:
-            served[flooder] += flooder.read().count(b"PONG\n")
+        this_turn = [flooder.read().count(b"PONG\n") for flooder in flooders]
+        assert max(this_turn) <= share, f"a connection got more than its share: {max(this_turn)}"
+        for flooder, count in zip(flooders, this_turn, strict=True):
+            served[flooder] += count
         if turn == 1:
             reached = sum(1 for count in served.values() if count)
             assert reached <= 12, f"one turn served {reached} connections past its budget"
-        if all(count == 6_000 for count in served.values()):
+        if all(count == lines for count in served.values()):
             break
-        if turn == 6:
+        if turn == 20:
             counts = sorted(served.values())
             assert counts[0] > 0, f"a flooder starved: {counts}"
-            assert counts[-1] <= 2 * counts[0] + 1024, f"served unevenly: {counts}"
+            assert counts[-1] <= 2 * counts[0] + share, f"served unevenly: {counts}"
     assert answered_in is not None and answered_in <= 5, answered_in
+
+
+def test_a_lone_busy_connection_gets_the_whole_turn(harness):
+    """The shares are for when several are busy: alone, a flooder gets all 1,024 lines."""
+    loop = harness(rate=0, idle_timeout=0, max_output=1 << 30)
+    flooder = loop.connect()
+    flooder.send(b"PING\n" * 3000)
+    loop.turn()
+    assert flooder.read().count(b"PONG\n") == reactor.loop.WORK_PER_TURN

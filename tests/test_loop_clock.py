@@ -40,16 +40,37 @@ def test_idle_timeout_fires_at_its_deadline_and_not_an_instant_before(harness):
     assert watcher.lines() == ["ERR idle-timeout"]  # anonymous, connected at the same time
 
 
-def test_idle_timeout_between_ticks_fires_at_most_one_tick_late(harness):
+def test_idle_deadlines_within_one_granule_fire_together_at_most_a_granule_late(harness):
+    """With --idle-timeout 60 the granule is 1 s (the most protocol.md allows): deadlines are
+    checked at the next whole second, so clients that went quiet in the same second leave
+    together, as one departure."""
     loop = harness(idle_timeout=60)
     loop.advance(0.05)
-    ann = loop.login("ann")  # deadline 60.05: between two ticks
-    bob = loop.login("bob")
-    loop.advance_to(60.05)
-    assert ann.lines() == [], "fired before the first tick boundary after its deadline"
-    loop.advance_to(60.05 + TICK)
+    ann = loop.login("ann")  # deadline 60.05
+    loop.advance(0.8)
+    bob = loop.login("bob")  # deadline 60.85: the same second
+    dee = loop.login("dee")
+    dee.say("PING")
+    loop.advance(0.2)  # dee's last line at 1.05: its deadline 61.05, the next second
+    assert dee.lines() == ["PONG"]
+    loop.advance_to(60.999)
+    assert ann.lines() == [] and bob.lines() == [], "fired before the granule's end"
+    loop.advance_to(61.0)
     assert ann.lines() == ["ERR idle-timeout"]
-    assert bob.lines() == ["ERR idle-timeout"]  # the same deadline: one departure, no INFO
+    assert bob.lines() == ["ERR idle-timeout"]  # no INFO about ann: they left together
+    assert dee.lines() == ["INFO ann disconnected", "INFO bob disconnected"]
+    loop.advance_to(62.0)
+    assert dee.lines() == ["ERR idle-timeout"]
+
+
+def test_short_idle_timeouts_keep_the_wheels_tick(harness):
+    loop = harness(idle_timeout=0.5)  # a tenth is under the tick: no rounding
+    loop.advance(0.05)
+    ann = loop.connect()
+    loop.advance_to(0.55)
+    assert ann.lines() == []
+    loop.advance_to(0.55 + TICK)
+    assert ann.lines() == ["ERR idle-timeout"]
 
 
 def test_a_complete_line_postpones_the_idle_timeout_and_bytes_without_lf_do_not(harness):
@@ -83,14 +104,26 @@ def test_idle_timeouts_of_one_turn_are_one_departure(harness):
 
 def test_timer_work_per_turn_is_bounded_and_the_rest_follows_at_once(harness, monkeypatch):
     monkeypatch.setattr(reactor.loop, "TIMERS_PER_TURN", 10)
-    loop = harness(idle_timeout=60)
-    idlers = [loop.connect() for _ in range(25)]
-    loop.clock.advance(60)
+    loop = harness(idle_timeout=0)
+    calls: list[int] = []
+    for _ in range(25):
+        loop.reactor.call_every(5.0, lambda: calls.append(loop.clock.now))
+    loop.clock.advance(5.0)
     done = []
     for _ in range(3):  # the clock does not move: the loop must not wait for it
         loop.turn()
-        done.append(sum(1 for idler in idlers if idler.lines() == ["ERR idle-timeout"]))
-    assert done == [10, 10, 5]
+        done.append(len(calls))
+    assert done == [10, 20, 25]
+
+
+def test_idle_deadlines_are_not_cut_into_batches(harness, monkeypatch):
+    """Before, the timer cap split 5,000 simultaneous timeouts into five departures, and each
+    later batch got an INFO per earlier leaver: ten million lines."""
+    monkeypatch.setattr(reactor.loop, "TIMERS_PER_TURN", 10)
+    loop = harness(idle_timeout=60)
+    idlers = [loop.login(f"idler{i}") for i in range(25)]
+    loop.advance_to(60)
+    assert all(idler.lines() == ["ERR idle-timeout"] for idler in idlers)  # one turn, no INFO
 
 
 # -- flood control ---------------------------------------------------------------
