@@ -43,6 +43,7 @@ class CloseReason(enum.Enum):
     SERVER_FULL = "server-full"
     SHUTTING_DOWN = "server-shutting-down"
     CROSS_PROTOCOL = "cross-protocol"
+    SERVER_UNAVAILABLE = "server-unavailable"  # cluster mode only: the node lost the cluster
 
     @property
     def flush_first(self) -> bool:
