@@ -32,7 +32,7 @@ After every step these hold:
 4. **One order**: any two clients received the MSG and DM lines they both
    got in the same relative order, and each sender's lines in the order it
    sent them.
-5. Snapshots survive their encoding and restore to the same state.
+5. At the end, snapshots survive their encoding and restore to the same state.
 """
 
 from __future__ import annotations
@@ -85,7 +85,12 @@ CLUSTER_ONLY = {
     CloseReason.SERVER_UNAVAILABLE: b"ERR server-unavailable\n",
     CloseReason.SHUTTING_DOWN: b"ERR server-shutting-down\n",
 }
-NAMES = ("Naman", "naman", "ｎａｍａｎ", "Yudi", "YUDI", "Jos\u00e9", "Jose\u0301", "k", "\u212a", "a b")
+# Colliding names (case, width, composition, the Kelvin sign), a few distinct ones so that
+# several users are logged in at once, and an invalid one.
+NAMES = (
+    "Naman", "naman", "ｎａｍａｎ", "Yudi", "YUDI", "Jos\u00e9", "Jose\u0301", "k", "\u212a",
+    "ann", "bob", "cy", "dee", "eve", "a b",
+)
 TOKEN = re.compile(rb"@@(\d+)\n\Z")  # the strategies' alphabets have no '@'
 
 
@@ -200,16 +205,21 @@ class ClusterVsOneServer(RuleBasedStateMachine):
 
     # -- rules -------------------------------------------------------------
 
-    @initialize(nodes=st.integers(2, 3))
-    def start(self, nodes):
+    @initialize(
+        nodes=st.integers(2, 3),
+        users=st.lists(st.sampled_from(("ann", "bob", "cy", "dee", "eve", "Naman")), unique=True, max_size=5),
+    )
+    def start(self, nodes, users):
+        """A running cluster, usually with a few users logged in on each node already."""
         for _ in range(nodes):
             self.start_node()
-        for _ in range(2):
-            for n in self.running:
-                self.sims[n].commit()
-            for n in self.running:
-                self.read_all(n)
+        self.sync()
         assert len(self.joined()) == nodes
+        for index, name in enumerate(users):
+            client = self.open_client(self.running[index % nodes])
+            line = b"LOGIN " + name.encode()
+            self.client_event(client, LineReceived(client.conn, line), LineReceived(client.ref, line))
+        self.sync()
 
     def read_all(self, node: int) -> None:
         sim = self.sims[node]
@@ -218,7 +228,7 @@ class ClusterVsOneServer(RuleBasedStateMachine):
         self.note_cluster_only_closes(sim, effects, (sim.cursor, 0, -1))
 
     @precondition(lambda self: self.running)
-    @rule(data=st.data(), login=st.one_of(st.none(), st.sampled_from(NAMES)))
+    @rule(data=st.data(), login=st.one_of(st.none(), st.sampled_from(NAMES), st.sampled_from(NAMES)))
     def connect(self, data, login):
         node = data.draw(st.sampled_from(self.running), label="node")
         client = self.open_client(node)
@@ -228,7 +238,7 @@ class ClusterVsOneServer(RuleBasedStateMachine):
 
     @precondition(lambda self: self.usable())
     @rule(data=st.data(), kind=st.sampled_from(
-        ("login", "msg", "msg", "msg", "dm", "dm", "who", "who", "ping", "ping", "quit", "junk", "junk")
+        ("login", "msg", "msg", "msg", "dm", "dm", "who", "who", "ping", "ping", "quit", "junk", "junk", "http")
     ))
     def command(self, data, kind):
         client = data.draw(st.sampled_from(self.usable()), label="client")
@@ -242,6 +252,8 @@ class ClusterVsOneServer(RuleBasedStateMachine):
             line = (b"MSG " if kind == "msg" else b"DM ") + target + text
         elif kind == "junk":
             line = data.draw(gen.lines, label="junk")
+        elif kind == "http":
+            line = data.draw(st.sampled_from(gen.HTTP_LINES)).encode()
         else:
             line = kind.upper().encode()
         self.client_event(client, LineReceived(client.conn, line), LineReceived(client.ref, line))
@@ -310,10 +322,24 @@ class ClusterVsOneServer(RuleBasedStateMachine):
         effects = sim.read(count)
         self.note_cluster_only_closes(sim, effects, (sim.cursor, 0, -1))
 
+    @precondition(lambda self: any(self.sims[n].outgoing or self.sims[n].lag for n in self.running))
+    @rule()
+    def sync_rule(self):
+        self.sync()
+
+    def sync(self):
+        """The engine takes every append, and every node catches up."""
+        for node in self.running:
+            self.sims[node].commit()
+        for node in self.running:
+            self.read_all(node)
+
     @precondition(lambda self: len(self.running) < MAX_NODES and self.next_node <= 6)
-    @rule(data=st.data(), late=st.booleans())
-    def add_node(self, data, late):
+    @rule(data=st.data(), late=st.booleans(), dice=st.integers(0, 2))
+    def add_node(self, data, late, dice):
         """A node starts: from a snapshot of another (late start), or from the first entry."""
+        if dice:  # failures and new nodes are rarer than traffic, so that traffic builds up between them
+            return
         sources = self.joined()
         if late and sources:
             self.start_node(snapshot_from=data.draw(st.sampled_from(sources), label="snapshot of"))
@@ -321,9 +347,14 @@ class ClusterVsOneServer(RuleBasedStateMachine):
             self.start_node()
 
     @precondition(lambda self: len(self.running) > 1)
-    @rule(data=st.data(), survives=st.integers(0, 3))
-    def kill(self, data, survives):
-        """kill -9: the appends already sent may reach the log, the rest are lost."""
+    @rule(data=st.data(), survives=st.integers(0, 3), noticed=st.booleans(), dice=st.integers(0, 2))
+    def kill(self, data, survives, noticed, dice):
+        """kill -9: the appends already sent may reach the log, the rest are lost.
+
+        Often another node then notices the lease ran out (``noticed``).
+        """
+        if dice:
+            return
         node = data.draw(st.sampled_from(self.running), label="node")
         sim = self.sims[node]
         sim.commit(survives)
@@ -333,18 +364,25 @@ class ClusterVsOneServer(RuleBasedStateMachine):
         for client in self.clients:
             if client.node == node and client.bound is None and client.refused is None:
                 client.bound = (sim.cursor, 0, self.tick)
+        if noticed and self.joined():
+            observer = data.draw(st.sampled_from(self.joined()), label="observer")
+            self.handle(self.sims[observer], NodeExpired(node))
 
     @precondition(lambda self: self.joined())
-    @rule(data=st.data())
-    def expire(self, data):
-        """A node notices a lease ran out: usually a dead node's, sometimes a live one's."""
+    @rule(data=st.data(), dice=st.integers(0, 2))
+    def expire(self, data, dice):
+        """A node notices a lease ran out: a dead node's, or a live one's (a false suspicion)."""
+        if dice:
+            return
         observer = data.draw(st.sampled_from(self.joined()), label="observer")
-        subject = data.draw(st.sampled_from(range(1, self.next_node)), label="subject")
+        subject = data.draw(st.sampled_from(range(1, self.next_node)), label="subject (dead or alive)")
         self.handle(self.sims[observer], NodeExpired(subject))
 
     @precondition(lambda self: self.running)
-    @rule(data=st.data(), how=st.sampled_from(("unavailable", "shutdown", "resend", "resend")))
-    def node_trouble(self, data, how):
+    @rule(data=st.data(), how=st.sampled_from(("unavailable", "shutdown", "resend", "resend")), dice=st.integers(0, 2))
+    def node_trouble(self, data, how, dice):
+        if dice:
+            return
         node = data.draw(st.sampled_from(self.running), label="node")
         sim = self.sims[node]
         if how == "unavailable":
@@ -515,7 +553,6 @@ class ClusterVsOneServer(RuleBasedStateMachine):
                     order_b = [t for t in tokens[b] if t in common]
                     assert order_a == order_b, f"clients {a} and {b} disagree on the order"
 
-    @invariant()
     def snapshots_restore(self):
         for node in self.running:
             snapshot = self.sims[node].node.snapshot()
@@ -530,7 +567,8 @@ class ClusterVsOneServer(RuleBasedStateMachine):
                 self.read_all(node)
         self.cluster_equals_one_server()
         self.one_order()
+        self.snapshots_restore()
 
 
-ClusterVsOneServer.TestCase.settings = settings(stateful_step_count=40)
+ClusterVsOneServer.TestCase.settings = settings(stateful_step_count=60)
 test_cluster_behaves_as_one_server = ClusterVsOneServer.TestCase
