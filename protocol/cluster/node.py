@@ -204,7 +204,7 @@ class ClusterNode:
         self._max_clients = max_clients
         self._admitted = 0
         self._serial = 0
-        self._unconfirmed: deque[tuple[int, bytes, _Local | None]] = deque()
+        self._unconfirmed: deque[tuple[int, bytes, tuple[_Local, ...]]] = deque()  # with whose entry it is
         self._locals: dict[ConnId, _Local] = {}
         self._by_number: dict[int, _Local] = {}
         self._next_number = 0
@@ -419,7 +419,7 @@ class ClusterNode:
         command = COMMAND_WORDS.get(word.upper())
         if command is Command.MSG and logged_in:  # the hot path
             self._serial += 1
-            return [self._appended(local, msg_entry(self.node_id, self._serial, local.number, rest))]
+            return [self._appended((local,), msg_entry(self.node_id, self._serial, local.number, rest))]
         return self._command(local, command, rest, settled, logged_in)
 
     def _command(
@@ -441,7 +441,7 @@ class ClusterNode:
             return self._answer(local, Reply(local.conn, _ERR_NOT_LOGGED_IN))
         serial = self._serial + 1
         if command is Command.MSG:
-            return [self._appended(local, msg_entry(self.node_id, serial, local.number, rest), serial)]
+            return [self._appended((local,), msg_entry(self.node_id, serial, local.number, rest), serial)]
         if command is Command.DM:
             return [self._append(Dm(self.node_id, serial, local.number, rest), local)]
         return [self._append(Who(self.node_id, serial, local.number), local)]
@@ -470,30 +470,48 @@ class ClusterNode:
         return self._answer(local, Reply(local.conn, wire.telnet_refusal(event.command, event.option)))
 
     def _idle_timed_out(self, event: IdleTimedOut) -> list[NodeEffect]:
-        local = self._local(event.conn)
-        if local.closing:
-            return []
-        local.closing = True
-        if not local.in_log:  # the log never saw it: nobody else needs to know
-            return self._answer(local, Reply(local.conn, _ERR_IDLE_TIMEOUT)) + self._answer(
-                local, Close(local.conn, CloseReason.IDLE_TIMEOUT)
-            )
-        return [self._append(Idle(self.node_id, self._serial + 1, (local.number,)), local)]
+        return self._timed_out((event.conn,))
+
+    def _timed_out(self, conns: Sequence[ConnId]) -> list[NodeEffect]:
+        """Idle timeouts of one turn: one ``Idle`` entry for those the log knows, local closes for the rest.
+
+        ``ConnectionsTimedOut`` (several in one turn, one departure) is this
+        with all of them; the fold then hands the replica the same event.
+        """
+        effects: list[NodeEffect] = []
+        known: list[_Local] = []
+        for conn in conns:
+            local = self._local(conn)
+            if local.closing:
+                continue
+            local.closing = True
+            if local.in_log:
+                known.append(local)
+            else:  # the log never saw it: nobody else needs to know
+                effects += self._answer(local, Reply(local.conn, _ERR_IDLE_TIMEOUT))
+                effects += self._answer(local, Close(local.conn, CloseReason.IDLE_TIMEOUT))
+        if known:
+            numbers = tuple(local.number for local in known)
+            effects.append(self._append(Idle(self.node_id, self._serial + 1, numbers), *known))
+        return effects
 
     # -- appending ---------------------------------------------------------
 
-    def _append(self, entry: Entry, local: _Local | None = None) -> Append:
-        self._serial = entry.serial
-        return self._appended(local, encode_entry(entry), entry.serial)
+    def _append(self, entry: Entry, *about: _Local) -> Append:
+        return self._appended(about, encode_entry(entry), entry.serial)
 
-    def _appended(self, local: _Local | None, data: bytes, serial: int | None = None) -> Append:
-        """Record an entry made with serial ``serial`` (default: the current one) as on its way."""
+    def _appended(self, about: tuple[_Local, ...], data: bytes, serial: int | None = None) -> Append:
+        """Record an entry made with serial ``serial`` (default: the current one) as on its way.
+
+        ``about`` are the connections whose commands it carries: their
+        replies wait for it.
+        """
         if serial is None:
             serial = self._serial
         else:
             self._serial = serial
-        self._unconfirmed.append((serial, data, local))
-        if local is not None:
+        self._unconfirmed.append((serial, data, about))
+        for local in about:
             local.appended += 1
             local.in_log = True
         return Append(data)
@@ -594,16 +612,14 @@ class ClusterNode:
         """This node's entries up to ``serial`` are back: release what waited for them."""
         unconfirmed = self._unconfirmed
         while unconfirmed and unconfirmed[0][0] <= serial:
-            local = unconfirmed.popleft()[2]
-            if local is None:
-                continue
-            local.folded += 1
-            queue = local.queue
-            while queue and queue[0][0] <= local.folded:
-                effect = queue.popleft()[1]
-                if type(effect) is Close:
-                    self._mark_closed(local)
-                effects.append(effect)
+            for local in unconfirmed.popleft()[2]:
+                local.folded += 1
+                queue = local.queue
+                while queue and queue[0][0] <= local.folded:
+                    effect = queue.popleft()[1]
+                    if type(effect) is Close:
+                        self._mark_closed(local)
+                    effects.append(effect)
 
     # -- the local audience ------------------------------------------------
 

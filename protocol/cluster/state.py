@@ -17,7 +17,7 @@ the standalone server would have seen::
     Login(conn, name)       LineReceived(g, b"LOGIN " + name)
     Msg / Dm / Who / Quit   LineReceived(g, b"MSG " + text) and so on
     Line(conn, line)        LineReceived(g, line)
-    Idle(conns)             IdleTimedOut(g) for each
+    Idle(conns)             IdleTimedOut(g) for each (one, from today's nodes)
     Closed(conns)           ConnectionsClosed(gs)
     NodeDown(node)          ConnectionsClosed(all of that node's gs)
 
@@ -145,6 +145,8 @@ class ClusterState:
         return self._line_changing_state((entry.author, entry.conn), entry.line)
 
     def _idle(self, entry: Idle) -> list[Effect]:
+        # Today's nodes put one connection in an Idle entry.  Once the standalone
+        # machine has ConnectionsTimedOut, several become that one event here.
         effects: list[Effect] = []
         for conn in entry.conns:
             g = (entry.author, conn)
