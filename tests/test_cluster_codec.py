@@ -32,7 +32,7 @@ from protocol.cluster import (
     encode_snapshot,
 )
 from protocol.cluster.codec import varint
-from protocol.cluster.entries import msg_entry
+from protocol.cluster.entries import decode_msg, msg_entry
 
 numbers = st.one_of(st.integers(0, 300), st.integers(0, 2**63 - 1))
 small = st.integers(0, 2**20)
@@ -94,8 +94,21 @@ def decodes_exactly_or_is_refused(data: bytes) -> None:
     try:
         entry = decode_entry(data)
     except DecodeError:
+        assert refused_by_the_msg_reader_too(data)
         return
     assert encode_entry(entry) == data
+    fields = decode_msg(data)  # the reader's hot path agrees with the general decoder
+    if isinstance(entry, Msg):
+        assert fields == (entry.author, entry.serial, entry.conn, entry.text)
+    else:
+        assert fields is None
+
+
+def refused_by_the_msg_reader_too(data: bytes) -> bool:
+    try:
+        return decode_msg(data) is None  # not a MSG: the general decoder's refusal stands
+    except DecodeError:
+        return True
 
 
 @given(entries, st.data())

@@ -38,6 +38,8 @@ def varint(value: int) -> bytes:
         if value < 0:
             raise ValueError(f"varints are unsigned: {value}")
         return bytes((value,))
+    if value < 0x4000:  # serials pass 127 after the first few entries
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -51,6 +53,28 @@ def varint(value: int) -> bytes:
 def sized(data: bytes) -> bytes:
     """``data`` preceded by its length, for a field that is not the last."""
     return varint(len(data)) + data
+
+
+def varint_at(data: bytes, at: int) -> tuple[int, int]:
+    """The varint that starts at ``data[at]``, and where the next field starts."""
+    try:
+        byte = data[at]
+    except IndexError:
+        raise DecodeError("record ends early") from None
+    if byte < 0x80:  # nearly every number in a log
+        return byte, at + 1
+    value = byte & 0x7F
+    end = min(at + MAX_VARINT_BYTES, len(data))
+    shift = 7
+    for index in range(at + 1, end):
+        byte = data[index]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            if byte == 0:
+                raise DecodeError("varint is not minimal")
+            return value, index + 1
+        shift += 7
+    raise DecodeError("varint too long" if end - at == MAX_VARINT_BYTES else "record ends early")
 
 
 class Reader:
@@ -70,22 +94,8 @@ class Reader:
         return self.data[at]
 
     def varint(self) -> int:
-        data = self.data
-        at = self.at
-        if at < len(data) and data[at] < 0x80:  # nearly every number in a log
-            self.at = at + 1
-            return data[at]
-        value = 0
-        shift = 0
-        for count in range(MAX_VARINT_BYTES):
-            byte = self.byte()
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                if byte == 0 and count > 0:
-                    raise DecodeError("varint is not minimal")
-                return value
-            shift += 7
-        raise DecodeError("varint too long")
+        value, self.at = varint_at(self.data, self.at)
+        return value
 
     def sized(self) -> bytes:
         length = self.varint()

@@ -58,7 +58,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .codec import DecodeError, Reader, varint
+from .codec import DecodeError, Reader, varint, varint_at
 
 VERSION = 1
 
@@ -195,10 +195,29 @@ def encode_entry(entry: Entry) -> bytes:
 
 
 def msg_entry(author: int, serial: int, conn: int, text: bytes) -> bytes:
-    """``encode_entry(Msg(...))`` without building the object: the hot path's encoder."""
-    if author < 0x80 and serial < 0x80 and conn < 0x80:
-        return bytes((VERSION, _MSG, author, serial, conn)) + text
-    return bytes((VERSION, _MSG)) + varint(author) + varint(serial) + varint(conn) + text
+    """``encode_entry(Msg(...))`` without building the object."""
+    return msg_head(author) + varint(serial) + varint(conn) + text
+
+
+def msg_head(author: int) -> bytes:
+    """What every MSG entry of ``author`` begins with: a node computes it once.
+
+    The hot path's encoder is then ``head + varint(serial) + varint(conn) + text``.
+    """
+    return bytes((VERSION, _MSG)) + varint(author)
+
+
+def decode_msg(data: bytes) -> tuple[int, int, int, bytes] | None:
+    """``(author, serial, conn, text)`` if ``data`` is a MSG entry, ``None`` if it is another kind.
+
+    The reader's hot path: no entry object.  ``DecodeError`` as ``decode_entry``.
+    """
+    if len(data) < 2 or data[1] != _MSG or data[0] != VERSION:
+        return None
+    author, at = varint_at(data, 2)
+    serial, at = varint_at(data, at)
+    conn, at = varint_at(data, at)
+    return author, serial, conn, data[at:]
 
 
 def decode_entry(data: bytes) -> Entry:
@@ -208,13 +227,13 @@ def decode_entry(data: bytes) -> Entry:
     if data[0] != VERSION:
         raise DecodeError(f"unknown entry version {data[0]}")
     kind = data[1]
-    reader = Reader(data, 2)
-    author = reader.varint()
-    serial = reader.varint()
+    author, at = varint_at(data, 2)
+    serial, at = varint_at(data, at)
     payload_type = _PAYLOAD_KINDS.get(kind)
-    if payload_type is not None:
-        conn = reader.varint()
-        return payload_type(author, serial, conn, reader.rest())
+    if payload_type is not None:  # MSG among them: the hot path
+        conn, at = varint_at(data, at)
+        return payload_type(author, serial, conn, data[at:])
+    reader = Reader(data, at)
     conn_only = _CONN_ONLY_KINDS.get(kind)
     if conn_only is not None:
         conn = reader.varint()

@@ -112,7 +112,7 @@ from ..events import (
 )
 from ..machine import ConnState, ProtocolUsageError
 from ..text import WHITESPACE, is_utf8, split_word
-from .codec import DecodeError
+from .codec import DecodeError, varint
 from .entries import (
     Closed,
     Dm,
@@ -126,8 +126,9 @@ from .entries import (
     Quit,
     Who,
     decode_entry,
+    decode_msg,
     encode_entry,
-    msg_entry,
+    msg_head,
 )
 from .events import Append, ClusterUnavailable, LogRead, NodeExpired, NodeStarted
 from .snapshot import Snapshot
@@ -167,12 +168,13 @@ class _Local:
 
     __slots__ = (
         "conn", "number", "admitted", "closing", "close_sent", "gone", "member",
-        "in_log", "appended", "folded", "unsettled_until", "queue",
+        "in_log", "appended", "folded", "unsettled_until", "queue", "number_bytes",
     )
 
     def __init__(self, conn: ConnId, number: int, admitted: bool) -> None:
         self.conn = conn
         self.number = number  # its conn number in entries; (node id, number) is its global id
+        self.number_bytes = varint(number)  # encoded once, for the MSG hot path
         self.admitted = admitted  # holds one of the max_clients places
         self.closing = False  # ignores input: it quit, timed out, or a Close is sent or queued
         self.close_sent = False  # a Close effect went out: nothing more is sent to it
@@ -204,6 +206,7 @@ class ClusterNode:
         self._max_clients = max_clients
         self._admitted = 0
         self._serial = 0
+        self._msg_head = msg_head(node_id)
         self._unconfirmed: deque[tuple[int, bytes, tuple[_Local, ...]]] = deque()  # with whose entry it is
         self._locals: dict[ConnId, _Local] = {}
         self._by_number: dict[int, _Local] = {}
@@ -418,8 +421,7 @@ class ClusterNode:
         word, rest = split_word(line)
         command = COMMAND_WORDS.get(word.upper())
         if command is Command.MSG and logged_in:  # the hot path
-            self._serial += 1
-            return [self._appended((local,), msg_entry(self.node_id, self._serial, local.number, rest))]
+            return self._send_msg(local, rest)
         return self._command(local, command, rest, settled, logged_in)
 
     def _command(
@@ -439,12 +441,17 @@ class ClusterNode:
             return self._send_line(local, rest, login=True)
         if settled and not logged_in:
             return self._answer(local, Reply(local.conn, _ERR_NOT_LOGGED_IN))
-        serial = self._serial + 1
         if command is Command.MSG:
-            return [self._appended((local,), msg_entry(self.node_id, serial, local.number, rest), serial)]
+            return self._send_msg(local, rest)
+        serial = self._serial + 1
         if command is Command.DM:
             return [self._append(Dm(self.node_id, serial, local.number, rest), local)]
         return [self._append(Who(self.node_id, serial, local.number), local)]
+
+    def _send_msg(self, local: _Local, text: bytes) -> list[NodeEffect]:
+        """``encode_entry(Msg(...))``, from parts encoded once per node and per connection."""
+        serial = self._serial + 1
+        return [self._appended((local,), self._msg_head + varint(serial) + local.number_bytes + text, serial)]
 
     def _send_line(self, local: _Local, data: bytes, login: bool = False) -> list[NodeEffect]:
         """Append a line that may change the connection's state; it is unknown until it is back."""
@@ -500,16 +507,13 @@ class ClusterNode:
     def _append(self, entry: Entry, *about: _Local) -> Append:
         return self._appended(about, encode_entry(entry), entry.serial)
 
-    def _appended(self, about: tuple[_Local, ...], data: bytes, serial: int | None = None) -> Append:
-        """Record an entry made with serial ``serial`` (default: the current one) as on its way.
+    def _appended(self, about: tuple[_Local, ...], data: bytes, serial: int) -> Append:
+        """Record the entry ``data``, made with the next serial, as on its way.
 
         ``about`` are the connections whose commands it carries: their
         replies wait for it.
         """
-        if serial is None:
-            serial = self._serial
-        else:
-            self._serial = serial
+        self._serial = serial
         self._unconfirmed.append((serial, data, about))
         for local in about:
             local.appended += 1
@@ -529,13 +533,24 @@ class ClusterNode:
 
     def _log_read(self, event: LogRead) -> list[NodeEffect]:
         effects: list[NodeEffect] = []
+        fold_msg = self._state.fold_msg
+        me = self.node_id
         for data in event.entries:
             try:
-                entry = decode_entry(data)
+                msg = decode_msg(data)
+                entry = decode_entry(data) if msg is None else None
             except DecodeError:
                 self.malformed += 1
                 continue
-            self._fold(entry, effects)
+            if msg is None:
+                self._fold(cast(Entry, entry), effects)
+                continue
+            author, serial, conn, text = msg  # the hot path: a MSG, with no entry object
+            shared = fold_msg(author, serial, conn, text)
+            if shared:
+                self._keep_local(shared, effects)
+            if author == me:
+                self._confirm(serial, effects)
         self._state.position = event.position
         return effects
 

@@ -110,6 +110,15 @@ class ClusterState:
         self.live[author] = entry.serial
         return self._folders[type(entry)](entry)
 
+    def fold_msg(self, author: int, serial: int, conn: int, text: bytes) -> list[Effect]:
+        """``fold(Msg(author, serial, conn, text))`` without the entry object: the hot path."""
+        last = self.live.get(author)
+        if last is None or serial <= last:
+            self.ignored += 1
+            return []
+        self.live[author] = serial
+        return self._command((author, conn), b"MSG " + text)
+
     def _node_up(self, entry: NodeUp) -> list[Effect]:
         self.ignored += 1  # the author is live already: a copy with a new serial
         return []
