@@ -142,3 +142,14 @@ def test_the_share_benchmark_runs_a_real_reactor():
     )
     assert completed.returncode == 0, completed.stderr
     assert "Reactor._share_run" in completed.stdout and "stub sockets" in completed.stdout
+
+
+def test_the_cluster_micro_benchmark_runs():
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_cluster.py"), "--users", "5", "--messages", "200",
+         "--batch", "10", "--repeat", "1"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr.decode(errors="replace")
+    assert b"node, MSG from the log" in completed.stdout

@@ -77,7 +77,7 @@ def bench_standalone(users: int, count: int, repeat: int) -> float:
     for conn in range(users):
         machine.handle(ConnectionOpened(conn))
         machine.handle(LineReceived(conn, b"LOGIN user%d" % conn))
-    events = [LineReceived(conn % 10, b"MSG " + PAYLOAD) for conn in range(count)]
+    events = [LineReceived(conn % min(10, users), b"MSG " + PAYLOAD) for conn in range(count)]
     handle = machine.handle
 
     def run():
@@ -87,8 +87,8 @@ def bench_standalone(users: int, count: int, repeat: int) -> float:
     return best_rate(run, count, repeat)
 
 
-def bench_msg_in(loop: Loop, count: int, repeat: int) -> float:
-    events = [LineReceived(conn % 10, b"MSG " + PAYLOAD) for conn in range(count)]
+def bench_msg_in(loop: Loop, users: int, count: int, repeat: int) -> float:
+    events = [LineReceived(conn % min(10, users), b"MSG " + PAYLOAD) for conn in range(count)]
     handle = loop.nodes[0].handle
 
     def run():
@@ -118,7 +118,7 @@ def bench_msg_from_log(loop: Loop, count: int, batch: int, repeat: int) -> float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, default=1000, help="users logged in on the measured node")
+    parser.add_argument("--users", type=int, default=1000, help="users logged in on the measured node (10 send)")
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=100, help="entries per LogRead")
     parser.add_argument("--repeat", type=int, default=5)
@@ -127,7 +127,7 @@ def main() -> None:
     loop = Loop(args.users)
     results = [
         ("standalone", bench_standalone(args.users, n, r)),
-        ("node, MSG in", bench_msg_in(loop, n, r)),
+        ("node, MSG in", bench_msg_in(loop, args.users, n, r)),
         ("node, MSG from the log", bench_msg_from_log(loop, n, args.batch, r)),
     ]
     print(f"cluster micro-benchmark: {args.users} users on the node, {n} MSG, best of {r}")
