@@ -28,21 +28,24 @@ way, the node cannot know that state, so any line whose meaning depends on
 it goes to the log too and the replica decides: a ``MSG`` then may end as
 ``ERR not-logged-in``, a second ``LOGIN`` as ``ERR already-logged-in``.
 Once every such entry is back, the state is *settled* and the node decides
-the state-dependent errors locally again.  So an anonymous client cannot
-fill the log: it reaches the log only with ``LOGIN`` attempts, one round
-trip each, and what a logged-in user could send anyway.
+the state-dependent errors locally again.  So an anonymous client reaches
+the log only while a ``LOGIN`` of its own is on its way, and no faster
+than flood control lets any user send.
 
-======================  ============================================
-line                    settled, awaiting / settled, logged in / unknown
-======================  ============================================
-blank, or closing       nothing
-HTTP-looking            local close / unknown-command / ``Line``
-invalid UTF-8           local ``ERR invalid-utf8``
-unknown word, PING      local reply
-LOGIN                   ``Login`` / local already-logged-in / ``Login``
-MSG, DM, WHO            local not-logged-in / ``Msg`` ... / ``Msg`` ...
-QUIT, EXIT              ``Quit`` (the node stops reading the connection)
-======================  ============================================
+Local answers go out at once (or queue, see below); entries are appended::
+
+    line            awaiting login      logged in              unknown (LOGIN on its way)
+    --------------  ------------------  ---------------------  --------------------------
+    blank           nothing             nothing                nothing
+    HTTP-looking    close, no reply     ERR unknown-command    Line entry
+    invalid UTF-8   ERR invalid-utf8    ERR invalid-utf8       ERR invalid-utf8
+    unknown word    ERR unknown-command ERR unknown-command    ERR unknown-command
+    PING            PONG                PONG                   PONG
+    LOGIN           Login entry         ERR already-logged-in  Login entry
+    MSG, DM, WHO    ERR not-logged-in   Msg, Dm, Who entry     Msg, Dm, Who entry
+    QUIT, EXIT      Quit entry          Quit entry             Quit entry
+
+A connection that quit, timed out or is being closed ignores every line.
 
 Replies keep the order of commands
 ----------------------------------
@@ -167,7 +170,7 @@ class _Local:
     """One of this node's own connections."""
 
     __slots__ = (
-        "conn", "number", "admitted", "closing", "close_sent", "gone", "member",
+        "conn", "number", "admitted", "closing", "close_sent", "member",
         "in_log", "appended", "folded", "unsettled_until", "queue", "number_bytes",
     )
 
@@ -178,7 +181,6 @@ class _Local:
         self.admitted = admitted  # holds one of the max_clients places
         self.closing = False  # ignores input: it quit, timed out, or a Close is sent or queued
         self.close_sent = False  # a Close effect went out: nothing more is sent to it
-        self.gone = False  # the caller reported it closed
         self.member = False  # logged in and sent to: in the local audience
         self.in_log = False  # it has appended an entry, so the log will see it end
         self.appended = 0  # its entries appended ...
@@ -386,7 +388,7 @@ class ClusterNode:
             if local.admitted:
                 self._admitted -= 1
             self._leave_audience(local)
-            local.gone = local.closing = True
+            local.closing = local.close_sent = True  # nothing more for it, whatever the log says
             local.queue.clear()
             if local.in_log:
                 numbers.append(local.number)
@@ -587,8 +589,7 @@ class ClusterNode:
         """The log says this node is gone: its clients are closed, never resurrected."""
         if self._phase in (Phase.JOINING, Phase.JOINED, Phase.NEW):
             self._phase = Phase.DOWN
-        for local in self._locals.values():
-            self._leave_audience(local)
+        # Before the replica's INFO lines for its users: they reach nobody here.
         effects += self._close_all(_ERR_UNAVAILABLE, CloseReason.SERVER_UNAVAILABLE)
 
     def _keep_local(self, shared: list[Effect], effects: list[NodeEffect]) -> None:
