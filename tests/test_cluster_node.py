@@ -289,12 +289,16 @@ def test_a_node_declared_dead_by_mistake_does_not_resurrect_its_users():
     cluster.nodes[0].handle(NodeExpired(2))
     cluster.nodes[0].commit()
     zombie.handle(LineReceived("b", b"MSG after my death"))  # appended after the NodeDown
+    zombie.handle(ConnectionOpened("late"))  # it does not know yet: it still serves
+    zombie.handle(LineReceived("late", b"LOGIN late"))
     zombie.commit()
     cluster.nodes[0].read()
     assert cluster.received(0, "a") == b"INFO b disconnected\n"  # the MSG is ignored
+    cluster.send(0, "a", b"WHO")
+    assert cluster.received(0, "a") == b"INFO b disconnected\nUSER a\n"  # and so is the LOGIN
     zombie.read()
-    assert zombie.received["b"] == b"ERR server-unavailable\n"
-    assert zombie.closes == {"b": CloseReason.SERVER_UNAVAILABLE}
+    assert zombie.received["b"] == zombie.received["late"] == b"ERR server-unavailable\n"
+    assert zombie.closes == {"b": CloseReason.SERVER_UNAVAILABLE, "late": CloseReason.SERVER_UNAVAILABLE}
     assert zombie.node.phase is Phase.DOWN
     zombie.handle(ConnectionOpened("new"))
     assert zombie.received["new"] == b"ERR server-unavailable\n"
