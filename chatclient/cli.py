@@ -181,9 +181,10 @@ exit status:
        answered and closed, or the server closed the connection after
        Goodbye!, ERR idle-timeout or ERR server-shutting-down
   1    the client could not connect (refused, unknown host, no answer within
-       {CONNECT_TIMEOUT:g} s, a certificate that failed verification, ERR server-full),
-       the server refused --login, or the connection was lost: reset, or
-       closed by the server without Goodbye! or an ERR reason
+       {CONNECT_TIMEOUT:g} s, a certificate that failed verification,
+       ERR server-full or ERR server-unavailable), the server refused
+       --login, or the connection was lost: reset, or closed by the
+       server without Goodbye! or an ERR reason
   2    a bad command line, PORT, CHAT_TLS_PORT or --cafile (or a Python older than 3.10)
   130  Ctrl+C while connecting or logging in, or with piped input (in a
        terminal, Ctrl+C is one way to leave: status 0)"""
@@ -280,6 +281,9 @@ _FINAL_LINES = {  # the last line before the server's close -> how it ended
     ),
     b"ERR server-shutting-down": Ending("the server closed the connection: it is shutting down", 0),
     b"ERR server-full": Ending("the server is full and closed the connection; try again later", 1),
+    b"ERR server-unavailable": Ending(
+        "the server closed the connection: it lost its cluster; try again later", 1
+    ),
 }
 
 

@@ -45,6 +45,7 @@ class CloseReason(enum.Enum):
     SHUTTING_DOWN = "server-shutting-down"
     CROSS_PROTOCOL = "cross-protocol"
     TLS_ON_PLAIN_PORT = "tls-on-plaintext-port"
+    SERVER_UNAVAILABLE = "server-unavailable"  # cluster mode only: the node lost the cluster
 
     @property
     def flush_first(self) -> bool:

@@ -28,6 +28,7 @@ ERROR_CODES = (
     "idle-timeout",
     "server-full",
     "server-shutting-down",
+    "server-unavailable",  # cluster mode only (docs/cluster.md)
 )
 
 _ERRORS = {code: b"ERR " + code.encode("ascii") + b"\n" for code in ERROR_CODES}

@@ -201,3 +201,14 @@ def test_percentiles_of_an_attack_window_count_only_its_pings():
     inside = bench_attacks.window_stats(samples, 1.0, 2.0)
     assert inside == {"count": 2, "p50_ms": 2.0, "p99_ms": 300.0, "max_ms": 300.0, "max_at_s": 0.5}
     assert bench_attacks.window_stats(samples, 5.0, 6.0)["count"] == 0
+
+
+def test_the_cluster_micro_benchmark_runs():
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_cluster.py"), "--users", "5", "--messages", "200",
+         "--batch", "10", "--repeat", "1"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr.decode(errors="replace")
+    assert b"node, MSG from the log" in completed.stdout
