@@ -81,6 +81,11 @@ class Acceptor:
             listener.setblocking(False)
 
     @property
+    def accepting(self) -> bool:
+        """Whether the listeners are watched now (not before start, nor while paused or closed)."""
+        return self._accepting
+
+    @property
     def addresses(self) -> list[tuple]:
         """The addresses listened on (empty once closed)."""
         return [listener.getsockname() for listener in self._listeners]

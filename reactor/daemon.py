@@ -59,6 +59,8 @@ from .loop import Reactor
 if TYPE_CHECKING:
     import ssl
 
+    from .cluster import ClusterDriver
+
 log = logging.getLogger(LOGGER_NAME)
 
 Address = tuple[Any, ...]
@@ -357,6 +359,48 @@ def _open_listeners(config: Config) -> tuple[list[socket.socket], list[socket.so
     return plain, secure, False
 
 
+def _cluster_driver(config: Config) -> ClusterDriver | None:
+    """Cluster mode's engine side, when ``--cluster`` is given."""
+    if config.cluster is None:
+        return None
+    from .cluster import ClusterDriver  # imports the engine code only in cluster mode
+
+    return ClusterDriver(
+        config.cluster,
+        name=config.cluster_name,
+        lease=config.cluster_lease,
+        buffer=config.cluster_buffer,
+        max_clients=config.max_clients,
+    )
+
+
+def _join_cluster(reactor: Reactor, log_handler: logging.Handler) -> bool:
+    """Run the loop until the node is in the cluster (the engine may take a while); False if stopped."""
+    log.info("Joining the cluster at %s", reactor.cluster_address)
+    log_handler.flush()
+    while not reactor.serving:
+        reactor.run_once()
+    return not reactor.shutting_down
+
+
+def _stopped(
+    reactor: Reactor,
+    wakeup_read: socket.socket,
+    wakeup_write: socket.socket,
+    notifier: systemd.Notifier,
+    log_handler: logging.Handler,
+) -> int:
+    """A shutdown asked for before the server was ready: release everything, exit 0."""
+    reactor.close()
+    signal.set_wakeup_fd(-1)
+    wakeup_read.close()
+    wakeup_write.close()
+    notifier.close()
+    log.info("Server stopped")
+    log_handler.flush()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the daemon; the return value is the exit status."""
     config = parse_config(argv)  # exits 2 on a bad value
@@ -382,9 +426,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         after_turn=operator.after_turn,
         tls_listeners=tls_listeners,
         tls_context=context,
+        cluster=_cluster_driver(config),
     )
     operator.reactor = reactor
     _route_signals(operator, wakeup_write)  # before the startup line: a supervisor may signal at once
+    if config.cluster is not None and not _join_cluster(reactor, log_handler):
+        return _stopped(reactor, wakeup_read, wakeup_write, notifier, log_handler)
     addresses = reactor.addresses
     if len(addresses) > 1 and not from_systemd:
         log.info("Listening on %s", ", ".join(describe(address) for address in addresses))

@@ -73,7 +73,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Container, Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from protocol import (
     Broadcast,
@@ -92,11 +92,13 @@ from protocol import (
     ShutdownStarted,
     Taken,
 )
+from protocol.cluster import Append
 
 from .acceptor import LISTENER, Acceptor
 from .closing import Closer
 from .config import Config
 from .connection import CLOSED, FLUSHING, HANDSHAKING, LINGERING, OPEN, WRITE, Connection, PeerGone
+from .engine.link import RedisLink
 from .logs import LOGGER_NAME, TurnLog
 from .outbox import Outbox
 from .ratelimit import UNLIMITED, TokenBucket
@@ -106,6 +108,8 @@ from .timerwheel import Timer, TimerWheel
 
 if TYPE_CHECKING:
     import ssl
+
+    from .cluster import ClusterDriver
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -157,11 +161,15 @@ class Reactor:
         selector: selectors.BaseSelector | None = None,
         tls_listeners: Iterable[socket.socket] = (),
         tls_context: ssl.SSLContext | None = None,
+        cluster: ClusterDriver | None = None,
     ) -> None:
         self._config = config
         self._clock = clock
         self._now = self._started = clock()
-        self._machine = ChatMachine(max_clients=config.max_clients)
+        # Standalone: the chat machine.  Cluster mode: the current ClusterNode,
+        # which the driver hands over once it has joined (replace_machine).
+        self._machine: Any = ChatMachine(max_clients=config.max_clients) if cluster is None else None
+        self._cluster = cluster
         self._selector = selector if selector is not None else selectors.DefaultSelector()
         self._wheel = TimerWheel(self._now, tick=TICK)
         self._outbox = Outbox()
@@ -193,6 +201,7 @@ class Reactor:
         self._backlog: dict[Connection, None] = {}
         self._due_timers: deque[Timer] = deque()
         self._writable: list[Connection] = []
+        self._parked: dict[Connection, None] = {}  # cluster mode: waiting for the engine to catch up
         self._reply_limit_passed = False  # set when filing a reply; read by _pump
         self._work_share = WORK_PER_TURN  # lines per connection this turn (see _read)
         granule = min(IDLE_GRANULE, config.idle_timeout / 10)
@@ -205,10 +214,13 @@ class Reactor:
             CloseTimer: self._closer.close_now,
             CallbackTimer: lambda callback: callback(),
         }
-        self._acceptor.start()
+        if cluster is None:
+            self._acceptor.start()  # a cluster node accepts once it is in the cluster
         if wakeup is not None:
             wakeup.setblocking(False)
             self._selector.register(wakeup, selectors.EVENT_READ, _WAKEUP)
+        if cluster is not None:
+            cluster.bind(self)
 
     # -- the interface -----------------------------------------------------
 
@@ -224,6 +236,11 @@ class Reactor:
         if self._due_timers or (timers_due is not None and self._now >= timers_due):
             self._run_timers()  # (timers armed during this turn are all in the future)
         self._flush()
+        if self._cluster is not None:
+            self._cluster.end_of_turn()
+            if self._parked and not self._cluster.full:
+                self._backlog.update(self._parked)  # the engine caught up: they go on
+                self._parked.clear()
         if self._stop_at is not None and self._now >= self._stop_at:
             self._close_everything()
         if self._turn_log.notes:
@@ -248,14 +265,21 @@ class Reactor:
     @property
     def finished(self) -> bool:
         """Whether shutdown is complete: every connection closed or out of time."""
-        return self._stop_at is not None and not self._connections
+        return (
+            self._stop_at is not None
+            and not self._connections
+            and (self._cluster is None or self._cluster.finished or self._now >= self._stop_at)
+        )
 
     def close(self) -> None:
         """Release every socket (after ``serve_forever``, or to abandon the loop)."""
         self._close_everything()
-        self._report_ended()
+        if self._machine is not None:
+            self._report_ended()
         self._turn_log.flush()
         self._acceptor.close()
+        if self._cluster is not None:
+            self._cluster.close()
         self._selector.close()
 
     def adopt(self, sock: socket.socket, peer: tuple, tls: bool = False) -> Connection | None:
@@ -352,11 +376,57 @@ class Reactor:
         timer = CallbackTimer(chore)
         self._wheel.schedule(timer, self._now + interval)
 
+    # -- for cluster mode's driver (reactor.cluster) ------------------------------
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
+
+    @property
+    def selector(self) -> selectors.BaseSelector:
+        return self._selector
+
+    @property
+    def turn_log(self) -> TurnLog:
+        return self._turn_log
+
+    @property
+    def serving(self) -> bool:
+        """Whether clients are accepted: from the start standalone, once joined in a cluster."""
+        return self._acceptor.accepting or self._stop_at is not None
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._stop_at is not None or self._shutdown_requested
+
+    @property
+    def cluster_address(self) -> str:
+        return self._cluster.address.redacted if self._cluster is not None else ""
+
+    def schedule(self, timer: Timer, when: float) -> None:
+        """Arm ``timer`` (a ``CallbackTimer``) for ``when`` on the loop's wheel."""
+        self._wheel.schedule(timer, when)
+
+    def feed_machine(self, event: Event) -> None:
+        """Hand ``event`` to the machine and carry out its effects, in this turn."""
+        self._apply(self._machine.handle(event))
+
+    def replace_machine(self, machine: Any) -> None:
+        """Serve with ``machine`` from now on (a new cluster node); the old one must be empty."""
+        if self._machine is not None and len(self._machine):
+            raise RuntimeError("the machine still has connections")
+        self._machine = machine
+
+    def cluster_joined(self) -> None:
+        """The cluster node reads its own arrival back: accept clients."""
+        if self._stop_at is None:
+            self._acceptor.start()
+
     def stats(self) -> Stats:
         """A snapshot of the counters and of what is open now."""
         c = self.counters
         return Stats(
-            users=self._machine.user_count,
+            users=self._machine.user_count if self._machine is not None else 0,
             connections=len(self._connections),
             accepted=c.accepted,
             refused=c.refused,
@@ -401,6 +471,8 @@ class Reactor:
                 self._acceptor.accept_batch(key.fileobj, self._now)  # type: ignore[arg-type]
             elif target is _WAKEUP:
                 self._drain_wakeup()
+            elif type(target) is RedisLink:  # cluster mode's links to the engine
+                target.on_events(mask)
             elif target.phase is HANDSHAKING:
                 readable.append(target)  # the handshake itself says whether it can go on
             elif target.phase is not CLOSED:  # an earlier event this turn may have closed it
@@ -494,6 +566,10 @@ class Reactor:
         ``waited``: flood control paused it and its token is due now.
         """
         if conn.phase >= FLUSHING:
+            return
+        if self._cluster is not None and self._cluster.full:
+            self._parked[conn] = None  # the engine is behind: its lines wait (--cluster-buffer)
+            conn.update_interest(self._max_output)
             return
         events = conn.unhandled
         if events is None:
@@ -598,6 +674,8 @@ class Reactor:
                 counters.lines_out += 1
             elif kind is Close:
                 self._close_requested(effect.conn, effect.reason)  # type: ignore[union-attr]
+            elif kind is Append:
+                self._cluster.append(effect)  # type: ignore[union-attr,arg-type]
             else:
                 raise TypeError(f"unknown effect {effect!r}")
 
@@ -803,6 +881,10 @@ class Reactor:
         self._turn_log.log(logging.INFO, "Shutting down: %d connection(s) open", len(self._connections))
         self._stop_at = self._now + SHUTDOWN_TIMEOUT
         self._acceptor.close()
+        if self._cluster is not None:
+            self._cluster.stop()
+            if self._machine is None:
+                return  # it never joined: nobody to tell
         for conn in [conn for conn in self._connections if conn.phase is HANDSHAKING]:
             self._closer.close_now(conn)  # not yet a chat connection: nothing to tell it
         self._apply(self._machine.handle(ShutdownStarted()))

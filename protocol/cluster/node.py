@@ -212,6 +212,7 @@ class ClusterNode:
         self._serial = 0
         self._msg_head = msg_head(node_id)
         self._unconfirmed: deque[tuple[int, bytes, tuple[_Local, ...]]] = deque()  # with whose entry it is
+        self._unconfirmed_bytes = 0
         self._locals: dict[ConnId, _Local] = {}
         self._by_number: dict[int, _Local] = {}
         self._next_number = 0
@@ -278,6 +279,16 @@ class ClusterNode:
         the copies of those that had made it.
         """
         return [data for _, data, _ in self._unconfirmed]
+
+    @property
+    def unconfirmed_bytes(self) -> int:
+        """The bytes of ``unconfirmed()``, kept as entries come and go (for a bound on memory)."""
+        return self._unconfirmed_bytes
+
+    @property
+    def user_count(self) -> int:
+        """How many of this node's own clients are logged in."""
+        return len(self._members)
 
     def conn_number(self, conn: ConnId) -> int:
         """The number entries give ``conn``; ``(node_id, number)`` names it cluster-wide."""
@@ -532,6 +543,7 @@ class ClusterNode:
         """
         self._serial = serial
         self._unconfirmed.append((serial, data, about))
+        self._unconfirmed_bytes += len(data)
         for local in about:
             local.appended += 1
             local.in_log = True
@@ -643,7 +655,9 @@ class ClusterNode:
         """This node's entries up to ``serial`` are back: release what waited for them."""
         unconfirmed = self._unconfirmed
         while unconfirmed and unconfirmed[0][0] <= serial:
-            for local in unconfirmed.popleft()[2]:
+            _, data, about = unconfirmed.popleft()
+            self._unconfirmed_bytes -= len(data)
+            for local in about:
                 local.folded += 1
                 queue = local.queue
                 while queue and queue[0][0] <= local.folded:

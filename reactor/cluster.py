@@ -1,0 +1,441 @@
+"""Cluster mode in the loop: the node, its two links to Redis, its lease and the shared snapshot.
+
+Theory of operation
+-------------------
+``protocol.cluster.ClusterNode`` is the whole of cluster mode's logic, pure
+(docs/cluster.md).  This module is its engine side, the part with sockets
+and a clock, driven by the same ``selectors`` loop as the clients:
+
+- **The log** is a Redis stream, ``<name>:log``.  Each ``Append`` the node
+  makes is an ``XADD``; all of a turn's appends leave in one pipelined
+  write on the *writer* link.  The *reader* link sits in ``XREAD BLOCK``
+  from the node's position and hands every batch to the node as a
+  ``LogRead``: the node's clients get their lines from there, on every
+  node alike.
+- **Joining.** The node's id comes from ``INCR <name>:node-id`` (never
+  reused), its starting state from the stored snapshot; it takes its
+  lease, starts reading after the snapshot's position, and appends
+  ``NodeUp``.  When it reads that back it has seen everything before it:
+  the loop starts accepting clients (``on_joined``).
+- **The lease** is ``<name>:lease:<id>``, a key with a time to live of
+  ``--cluster-lease``, renewed every third of it.  A renewal that has not
+  succeeded for a whole lease means the others may have declared this node
+  down: the node reports ``ClusterUnavailable`` and closes its clients
+  with ``ERR server-unavailable``.  Every third of a lease the node also
+  looks at the other live nodes' leases and reports ``NodeExpired`` for
+  each one that is gone; the node appends their ``NodeDown``.
+- **Nothing lost, nothing twice.**  An entry stays in the node's
+  ``unconfirmed()`` until it is read back.  When the writer reconnects, all
+  of them are appended again (their serials make the fold drop the copies
+  that had made it); when the reader reconnects, it reads on from the last
+  position it had.  A Redis restart with its data (AOF) within the lease
+  is thus a delay, not a loss.  ``<name>:epoch``, a random value set when
+  the stream is first used, tells a Redis that lost its data from one that
+  kept it: a different epoch after a reconnect is ``ClusterUnavailable``.
+- **Snapshots and trimming.**  The live node with the lowest id stores
+  ``encode_snapshot(node.snapshot())`` every ``SNAPSHOT_EVERY`` entries,
+  with a script that keeps only a later position, and then trims the
+  stream up to the *previous* snapshot's position (a snapshot's worth of
+  slack for a slow reader).  A reader whose position falls before what was
+  trimmed (``max-deleted-entry-id``) would show a partial picture: it
+  reports ``ClusterUnavailable`` instead.
+- **After ``ClusterUnavailable``** the node is finished.  Once its last
+  client is gone and the engine answers again, a new node with a new id
+  joins from the snapshot; the process never exits because of the engine.
+- **Bounded memory.**  While the engine is away, entries pile up in
+  ``unconfirmed()``.  Past ``--cluster-buffer`` bytes the loop stops
+  handling clients' lines (``full``), as flood control does, until the
+  engine has taken them.
+
+Nothing here blocks: the links are non-blocking, their deadlines are
+timers on the loop's wheel, and every reply is handled in a callback from
+inside the loop's turn.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random as _random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from protocol.cluster import (
+    Append,
+    ClusterNode,
+    ClusterUnavailable,
+    LogRead,
+    NodeExpired,
+    NodeStarted,
+    decode_snapshot,
+    encode_snapshot,
+)
+from protocol.cluster.codec import DecodeError
+
+from .engine import EngineError, LinkLost, RedisAddress, RedisLink
+from .timers import CallbackTimer
+
+if TYPE_CHECKING:
+    from .loop import Reactor
+
+log = logging.getLogger("chat")
+
+READ_BLOCK_MS = 1000
+"""How long one ``XREAD`` waits for entries; the reader's silence past this plus a margin is a lost link."""
+READ_COUNT = 1000
+"""Entries one ``XREAD`` returns at most."""
+SNAPSHOT_EVERY = 10_000
+"""Entries folded between two snapshots (by the live node with the lowest id)."""
+
+# Keep the stored snapshot only if the new one is at a later position: positions
+# are stream ids, "<ms>-<seq>", compared as two numbers.
+_STORE_SNAPSHOT = b"""
+local current = redis.call('GET', KEYS[2])
+if current then
+  local cm, cs = string.match(current, '(%d+)-(%d+)')
+  local nm, ns = string.match(ARGV[2], '(%d+)-(%d+)')
+  cm, cs, nm, ns = tonumber(cm), tonumber(cs), tonumber(nm), tonumber(ns)
+  if nm < cm or (nm == cm and ns <= cs) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
+
+
+class ClusterDriver:
+    """The engine side of one cluster node (see the module docstring).
+
+    The reactor owns it: it passes the replies' events to the node through
+    ``Reactor.feed_machine``, carries out the node's ``Append`` effects by
+    calling ``append``, and calls ``end_of_turn`` before it sleeps.
+    """
+
+    def __init__(
+        self,
+        address: RedisAddress,
+        *,
+        name: str,
+        lease: float,
+        buffer: int,
+        max_clients: int | None,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        self.address = address
+        self._keys = _Keys(name)
+        self._lease = lease
+        self._buffer = buffer
+        self._max_clients = max_clients
+        self._random = random
+        self._reactor: Reactor | None = None
+        self.node: ClusterNode | None = None  # the current node, once it has an id
+        self._epoch: bytes | None = None
+        self._starting = False  # a new node's id, snapshot and lease are being fetched
+        self._reading = False  # an XREAD is out on the reader link
+        self._renewed_at = 0.0  # when the lease was last renewed, successfully
+        self._folded_since_snapshot = 0
+        self._last_snapshot_position: str | None = None
+        self._down = False  # the current node reported ClusterUnavailable
+        self._stopping = False
+        self._joined_told = False
+        self._link_timers: dict[RedisLink, CallbackTimer] = {}
+        self.writer: RedisLink
+        self.reader: RedisLink
+
+    # -- wiring ------------------------------------------------------------------
+
+    def bind(self, reactor: Reactor) -> None:
+        """Make the links in the reactor's selector and start connecting."""
+        self._reactor = reactor
+        common: dict[str, Any] = {
+            "clock": reactor.clock,
+            "random": self._random,
+            "selector": reactor.selector,
+            "logger": reactor.turn_log,
+        }
+        self.writer = RedisLink(
+            self.address, client_name=f"chat-{os.getpid()}-writer", on_ready=self._writer_ready,
+            reply_timeout=max(2.0, self._lease / 2), **common,
+        )
+        self.reader = RedisLink(
+            self.address, client_name=f"chat-{os.getpid()}-reader", on_ready=self._reader_ready,
+            reply_timeout=READ_BLOCK_MS / 1000 + max(2.0, self._lease / 2), **common,
+        )
+        self._link_timers = {link: CallbackTimer(link.tick) for link in (self.writer, self.reader)}
+        reactor.call_every(self._lease / 3, self._keep_lease)
+        self.writer.start()
+        self.reader.start()
+
+    @property
+    def joined(self) -> bool:
+        """Whether the current node serves clients."""
+        return self.node is not None and self.node.joined
+
+    @property
+    def full(self) -> bool:
+        """Whether entries waiting for the engine passed ``--cluster-buffer``: read no client now."""
+        return self.node is not None and self.node.unconfirmed_bytes > self._buffer
+
+    @property
+    def finished(self) -> bool:
+        """At shutdown: whether the node's last entries (its NodeDown) are in the log."""
+        return self.node is None or not self.node.unconfirmed() or not self.writer.ready
+
+    def append(self, effect: Append) -> None:
+        """The node's ``Append``: an ``XADD`` now, or after the next reconnect."""
+        if self.writer.ready and not self._starting:
+            self.writer.send((b"XADD", self._keys.log, b"*", b"e", effect.entry), self._appended)
+        # Otherwise it waits in node.unconfirmed(), which the writer sends when it is back.
+
+    def end_of_turn(self) -> None:
+        """Flush the links (one write each for the whole turn) and arm their deadlines."""
+        assert self._reactor is not None
+        if self._down and self.node is not None and not len(self.node) and self.writer.ready:
+            self._start_node()  # the old node's clients are gone and the engine is back
+        if self.node is not None and self.node.joined and not self._joined_told:
+            self._joined_told = True
+            self._reactor.cluster_joined()
+        for link, timer in self._link_timers.items():
+            link.flush()
+            due = link.wakeup_at
+            if due is None:
+                timer.cancel()
+            elif timer.deadline != due:
+                self._reactor.schedule(timer, due)
+
+    def stop(self) -> None:
+        """Shutdown has begun: no new node, no more snapshots."""
+        self._stopping = True
+
+    def close(self) -> None:
+        for link in (self.writer, self.reader):
+            link.close()
+
+    # -- the writer ----------------------------------------------------------------
+
+    def _writer_ready(self) -> None:
+        """Connected (again): check the engine kept its data, then start or resume the node."""
+        keys = self._keys
+        self.writer.send((b"SET", keys.epoch, os.urandom(8).hex().encode(), b"NX"))
+        self.writer.send((b"GET", keys.epoch), self._epoch_checked)
+
+    def _epoch_checked(self, epoch: Any) -> None:
+        if isinstance(epoch, EngineError):
+            return  # the link went down again; this runs anew when it is back
+        if self._epoch is None:
+            self._epoch = epoch
+        elif epoch != self._epoch:
+            self._epoch = epoch
+            self._turn_unavailable("the engine lost its data (a new epoch)")
+            return
+        if self.node is None or (self._down and self.node is not None and not len(self.node)):
+            self._start_node()
+        elif not self._down:
+            self._keep_lease()
+            for entry in self.node.unconfirmed():  # at least once; the fold drops copies
+                self.writer.send((b"XADD", self._keys.log, b"*", b"e", entry), self._appended)
+
+    def _start_node(self) -> None:
+        """A new node: an id never used before, the snapshot, the lease; then NodeStarted."""
+        if self._starting or self._stopping or not self.writer.ready:
+            return
+        self._starting = True
+        self.writer.send((b"INCR", self._keys.node_id), self._got_id)
+
+    def _got_id(self, reply: Any) -> None:
+        if isinstance(reply, EngineError):
+            self._starting = False
+            return
+        node_id = int(reply)
+        self.writer.send(
+            (b"GET", self._keys.snapshot), lambda snapshot: self._got_snapshot(node_id, snapshot)
+        )
+
+    def _got_snapshot(self, node_id: int, data: Any) -> None:
+        if isinstance(data, EngineError):
+            self._starting = False
+            return
+        try:
+            snapshot = decode_snapshot(data) if data is not None else None
+        except DecodeError as error:
+            log.error("the stored cluster snapshot does not decode (%s): starting from the log", error)
+            snapshot = None
+        lease_key = self._keys.lease(node_id)
+        self.writer.send(
+            (b"SET", lease_key, b"1", b"PX", str(int(self._lease * 1000)).encode()),
+            lambda reply: self._got_lease(node_id, snapshot, reply),
+        )
+
+    def _got_lease(self, node_id: int, snapshot: Any, reply: Any) -> None:
+        assert self._reactor is not None
+        self._starting = False
+        if isinstance(reply, EngineError):
+            return
+        self._renewed_at = self._reactor.clock()
+        node = ClusterNode(node_id, snapshot=snapshot, max_clients=self._max_clients)
+        self._reactor.replace_machine(node)
+        self.node = node
+        self._down = False
+        self._joined_told = False
+        self._last_snapshot_position = snapshot.position if snapshot is not None else None
+        self._reading = False
+        log.info("cluster: node %d joining %s", node_id, self.address.redacted)
+        self._reactor.feed_machine(NodeStarted())
+        self._read_on()
+
+    def _appended(self, reply: Any) -> None:
+        if isinstance(reply, EngineError) and not isinstance(reply, LinkLost):
+            log.warning("cluster: an append was refused: %s", reply)
+
+    # -- the reader ------------------------------------------------------------------
+
+    def _reader_ready(self) -> None:
+        self._reading = False
+        self._read_on()
+
+    def _read_on(self) -> None:
+        """Check that nothing before the position was trimmed, then read on."""
+        if self.node is None or self._reading or not self.reader.ready or self._down:
+            return
+        self._reading = True
+        self.reader.send((b"XINFO", b"STREAM", self._keys.log), self._trim_checked)
+
+    def _trim_checked(self, info: Any) -> None:
+        if self.node is None:
+            return
+        if isinstance(info, EngineError):
+            if not isinstance(info, LinkLost):  # no stream yet (ERR no such key): nothing trimmed
+                self._xread()
+            else:
+                self._reading = False
+            return
+        if _trimmed_past(info, self.node.position or "0-0"):
+            self._reading = False
+            self._turn_unavailable("this node fell behind the trimmed log")
+            return
+        self._xread()
+
+    def _xread(self) -> None:
+        assert self.node is not None
+        position = (self.node.position or "0-0").encode()
+        self.reader.send(
+            (b"XREAD", b"COUNT", str(READ_COUNT).encode(), b"BLOCK", str(READ_BLOCK_MS).encode(),
+             b"STREAMS", self._keys.log, position),
+            self._got_entries,
+        )
+
+    def _got_entries(self, reply: Any) -> None:
+        assert self._reactor is not None
+        self._reading = False
+        if isinstance(reply, EngineError) or self.node is None or self._down:
+            return
+        if reply:
+            (_, records), = reply
+            entries = tuple(fields[1] for _, fields in records)
+            position = records[-1][0].decode()
+            self._reactor.feed_machine(LogRead(entries, position))
+            self._folded_since_snapshot += len(entries)
+            self._maybe_store_snapshot()
+        self._read_on()
+
+    # -- the lease, the others' leases, the snapshot ------------------------------------
+
+    def _keep_lease(self) -> None:
+        """Every third of a lease: renew ours, look at the others', give up ours if it ran out."""
+        assert self._reactor is not None
+        node = self.node
+        if node is None or self._down or self._starting:
+            return
+        now = self._reactor.clock()
+        if now - self._renewed_at > self._lease:
+            self._turn_unavailable(f"its lease could not be renewed for {self._lease:g} s")
+            return
+        if not self.writer.ready:
+            return
+        sent_at = now
+        self.writer.send(
+            (b"SET", self._keys.lease(node.node_id), b"1", b"PX", str(int(self._lease * 1000)).encode()),
+            lambda reply: self._renewed(reply, sent_at),
+        )
+        if node.joined:
+            for other in node.live_nodes():
+                if other != node.node_id:
+                    self.writer.send((b"EXISTS", self._keys.lease(other)), self._lease_seen(node, other))
+
+    def _renewed(self, reply: Any, sent_at: float) -> None:
+        if not isinstance(reply, EngineError):
+            self._renewed_at = max(self._renewed_at, sent_at)
+
+    def _lease_seen(self, node: ClusterNode, other: int) -> Callable[[Any], None]:
+        def seen(reply: Any) -> None:
+            assert self._reactor is not None
+            if reply == 0 and node is self.node and not self._down:
+                log.warning("cluster: node %d's lease ran out: it is down", other)
+                self._reactor.feed_machine(NodeExpired(other))
+
+        return seen
+
+    def _maybe_store_snapshot(self) -> None:
+        node = self.node
+        if node is None or self._folded_since_snapshot < SNAPSHOT_EVERY or not self.writer.ready:
+            return
+        live = node.live_nodes()
+        if not node.joined or not live or min(live) != node.node_id:
+            return
+        self._folded_since_snapshot = 0
+        position = node.position
+        keys = self._keys
+        self.writer.send(
+            (b"EVAL", _STORE_SNAPSHOT, b"2", keys.snapshot, keys.snapshot_position,
+             encode_snapshot(node.snapshot()), position.encode())
+        )
+        if self._last_snapshot_position is not None:  # a snapshot's worth of slack for slow readers
+            self.writer.send((b"XTRIM", keys.log, b"MINID", self._last_snapshot_position.encode()))
+        self._last_snapshot_position = position
+
+    # -- losing the cluster ---------------------------------------------------------------
+
+    def _turn_unavailable(self, why: str) -> None:
+        assert self._reactor is not None
+        if self._down or self.node is None:
+            return
+        self._down = True
+        log.error("cluster: node %d leaves the cluster: %s", self.node.node_id, why)
+        self._reactor.feed_machine(ClusterUnavailable())
+
+
+class _Keys:
+    """Every key of one cluster, under its ``--cluster-name`` prefix."""
+
+    def __init__(self, name: str) -> None:
+        prefix = name.encode()
+        self.log = prefix + b":log"
+        self.node_id = prefix + b":node-id"
+        self.epoch = prefix + b":epoch"
+        self.snapshot = prefix + b":snapshot"
+        self.snapshot_position = prefix + b":snapshot-position"
+        self._lease = prefix + b":lease:"
+
+    def lease(self, node_id: int) -> bytes:
+        return self._lease + str(node_id).encode()
+
+
+def _trimmed_past(info: Any, position: str) -> bool:
+    """Whether ``XINFO STREAM``'s answer says entries after ``position`` were trimmed.
+
+    Redis 7 says so exactly (``max-deleted-entry-id``); with Redis 6.2 a
+    first entry later than the position counts, to be safe.
+    """
+    fields = dict(zip(info[::2], info[1::2], strict=False))
+    deleted = fields.get(b"max-deleted-entry-id")
+    if deleted is not None:
+        return _later(deleted.decode(), position)
+    first = fields.get(b"first-entry")
+    return bool(first) and _later(first[0].decode(), position) and position != "0-0"
+
+
+def _later(a: str, b: str) -> bool:
+    """Whether stream id ``a`` comes after ``b``."""
+    am, _, aseq = a.partition("-")
+    bm, _, bseq = b.partition("-")
+    return (int(am), int(aseq or 0)) > (int(bm), int(bseq or 0))
