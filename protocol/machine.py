@@ -118,12 +118,19 @@ _NEEDS_LOGIN = frozenset(
 class _Member:
     """A logged-in user, with the byte strings every line they cause begins with."""
 
-    __slots__ = ("name", "msg_prefix", "dm_prefix")
+    __slots__ = ("name", "msg_prefix", "_dm_prefix")
 
     def __init__(self, name: Username) -> None:
         self.name = name
         self.msg_prefix = wire.msg_prefix(name.wire)
-        self.dm_prefix = wire.dm_prefix(name.wire)
+        self._dm_prefix: bytes | None = None  # made at the first DM: most users never send one
+
+    @property
+    def dm_prefix(self) -> bytes:
+        prefix = self._dm_prefix
+        if prefix is None:
+            prefix = self._dm_prefix = wire.dm_prefix(self.name.wire)
+        return prefix
 
 
 class _Session:

@@ -129,14 +129,14 @@ class Connection:
     def __init__(
         self,
         sock: socket.socket,
-        peer: tuple,
+        peer: str,
         max_line: int,
         bucket: TokenBucket | None,
         now: float,
         selector: selectors.BaseSelector,
     ) -> None:
         self.sock = sock
-        self.peer = peer  # (host, port), for the log
+        self.peer = peer  # "('1.2.3.4', 5678)": the address as the log shows it, formatted once
         self.framer = LineFramer(self, max_line)
         self.bucket = bucket  # None when flood control is off
         # Output not yet sent, oldest first; an empty tuple, not a list, while

@@ -299,10 +299,11 @@ class Reactor:
         config = self._config
         now = self._now
         bucket = TokenBucket(config.rate, config.burst, now) if config.rate else None
-        self._turn_log.note(f"New connection from {peer}")
+        shown = str(peer)  # formatted once: every log line about it shows this
+        self._turn_log.note(f"New connection from {shown}")
         if tls:
-            return self._adopt_tls(sock, peer, bucket)
-        conn = Connection(sock, peer, config.max_line, bucket, now, self._selector)
+            return self._adopt_tls(sock, shown, bucket)
+        conn = Connection(sock, shown, config.max_line, bucket, now, self._selector)
         self._connections.add(conn)
         conn.update_interest(self._max_output)
         self._open(conn)
@@ -326,7 +327,7 @@ class Reactor:
 
     # -- TLS -------------------------------------------------------------------
 
-    def _adopt_tls(self, sock: socket.socket, peer: tuple, bucket: TokenBucket | None) -> Connection | None:
+    def _adopt_tls(self, sock: socket.socket, peer: str, bucket: TokenBucket | None) -> Connection | None:
         from .tls import HANDSHAKE_TIMEOUT, TLSConnection
 
         assert self._tls_context is not None, "a TLS listener needs a TLS context"

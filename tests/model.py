@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 ``ChatModel`` is the slow, obvious twin of ``protocol.ChatMachine``.  It was
-written from /work/shared/spec/protocol.md (the normative wire protocol) and
+written from docs/protocol.md (the wire protocol, in this project's words) and
 the public API docstrings only, never from ``protocol/machine.py`` or its
 helpers, so that the two implementations check each other: where they
 disagree, one of them misreads the spec.

@@ -144,7 +144,7 @@ def test_the_share_benchmark_runs_a_real_reactor():
     assert "Reactor._send_to" in completed.stdout and "stub sockets" in completed.stdout
 
 
-# -- the attack benchmark (issue 14) -------------------------------------------------
+# -- the attack benchmark -------------------------------------------------
 
 import bench_attacks  # noqa: E402
 

@@ -27,3 +27,30 @@ def test_the_package_docstring_example_runs():
 
     (example,) = re.findall(r"::\n\n((?:    .*\n|\n)+)", protocol.__doc__)
     exec(compile(re.sub(r"(?m)^    ", "", example), "protocol/__init__.py", "exec"), {})
+
+
+# -- links into the code stay true ----------------------------------------------------
+
+CODE_LINK = re.compile(r"\[`([\w.]+)`\]\(\.\./([\w/]+\.py)#L(\d+)\)")
+DOCS_WITH_CODE_LINKS = ["docs/event-loop.md"]
+
+
+def code_links():
+    for document in DOCS_WITH_CODE_LINKS:
+        for name, path, line in CODE_LINK.findall((ROOT / document).read_text(encoding="utf-8")):
+            yield pytest.param(name, path, int(line), id=f"{document}:{name}@{path}:{line}")
+
+
+@pytest.mark.parametrize("name, path, line", list(code_links()))
+def test_a_link_to_a_line_of_code_lands_on_what_it_names(name, path, line):
+    """``[`_flush`](../reactor/loop.py#L757)`` must point at ``def _flush``; the failure says where it went."""
+    lines = (ROOT / path).read_text(encoding="utf-8").splitlines()
+    short = name.rsplit(".", 1)[-1]
+    definition = re.compile(rf"^\s*(?:async\s+)?(?:def|class)\s+{re.escape(short)}\b")
+    found = [number for number, text in enumerate(lines, 1) if definition.match(text)]
+    assert found, f"{path} defines no {short}"
+    assert line in found, f"{name} is defined at {path}:{found}, not at line {line}"
+
+
+def test_the_chapter_has_code_links_to_check():
+    assert len(list(code_links())) >= 20

@@ -108,7 +108,7 @@ def cpu_seconds(pid: int) -> float:
 def server_side(server, client: Client):
     """The threaded server's ``Connection`` for ``client`` (a test may look inside)."""
     port = client.sock.getsockname()[1]
-    found = [conn for conn in list(server.reactor._connections) if conn.peer[1] == port]
+    found = [conn for conn in list(server.reactor._connections) if conn.peer.endswith(f", {port})")]
     assert len(found) == 1, f"no server-side connection for port {port}"
     return found[0]
 

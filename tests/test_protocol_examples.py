@@ -1,4 +1,4 @@
-"""The chat machine against /work/shared/spec/protocol.md, by example.
+"""The chat machine against docs/protocol.md, by example.
 
 Most examples are rows of ``tests/examples.py``: a small chat, a few events,
 and after each what every connection received and which connections the

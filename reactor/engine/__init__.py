@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Cluster mode (``/work/shared/spec/cluster.md``; ``docs/cluster.md``) keeps
+Cluster mode (``docs/cluster.md``) keeps
 the cluster's one order of events in Redis.  This package is only the
 connection to it, with no cluster logic: what to append, when to read and
 what the lease means belong to the cluster node that owns the links.  Three

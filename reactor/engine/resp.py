@@ -13,7 +13,7 @@ the same shape as our ``LineFramer``: ``feed(bytes)`` whatever ``recv``
 gave, then ``gets()`` until it answers ``False`` (no complete reply yet).
 A pure-Python parser is about an order of magnitude slower on the replies
 cluster mode reads (``tests/benchmarks/bench_resp.py``; figures in
-``docs/cluster-engine.md``), and the engine's replies are on every
+``docs/cluster.md``), and the engine's replies are on every
 delivery's path.
 
 hiredis is the only dependency of the optional ``cluster`` extra, so it

@@ -1,4 +1,4 @@
-"""Benchmark: the six attacks of issue 14, each beside a healthy observer.
+"""Benchmark: six cheap attacks, each beside a healthy observer.
 
 Not a test (pytest does not collect it); run it from the repository root:
 
@@ -6,7 +6,7 @@ Not a test (pytest does not collect it); run it from the repository root:
 
 Theory of operation
 -------------------
-Issue 14 names six ways for a few clients to hurt everyone else within the
+Six ways for a few clients to hurt everyone else within the
 limits the spec allows.  This tool reproduces each against the real server
 (``python -m reactor --host 127.0.0.1 --port 0 ...``, a fresh subprocess
 per case) and reports what a healthy user next to the attack experiences:
@@ -26,7 +26,7 @@ per case) and reports what a healthy user next to the attack experiences:
   epoll loop, which also samples the server's memory (VmRSS) and checks that
   it is alive every 50 ms.
 - **The verdict**: each case prints one line of figures and, for each
-  target of the issue, whether it was met (observer PONG p99 < 100 ms under
+  target, whether it was met (observer PONG p99 < 100 ms under
   every attack, memory bounded, the flood rate within 5%).  Speed figures
   are measurements, never assertions: the exit status is 1 only for
   correctness failures (a lost, repeated, reordered or unexpected line, a
@@ -75,9 +75,9 @@ PING_INTERVAL = 0.1
 DM_INTERVAL = 0.05
 """The feeder's DM schedule, in seconds."""
 P99_TARGET_MS = 100.0
-"""Issue 14: a healthy client's PING round trip stays under this at p99."""
+"""The target: a healthy client's PING round trip stays under this at p99."""
 RATE_TOLERANCE = 0.05
-"""Issue 14: a paced client gets --rate within this share over 10 s."""
+"""The target: a paced client gets --rate within this share over 10 s."""
 TICK = 0.1
 """The server's timer wheel tick (reactor.loop.TICK)."""
 SPEC_CLOSE_S = 1.0
@@ -1213,7 +1213,7 @@ def run_case(case: Case, function: Scenario, sizes: Json) -> Json:
 
 def header(argv: list[str]) -> list[str]:
     return [
-        "Attacks of issue 14 against the chat server, each beside a healthy observer",
+        "Six attacks against the chat server, each beside a healthy observer",
         f"date:     {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"machine:  {bench_server.cpu_model()}, {os.cpu_count()} cores, {platform.platform()}",
         f"python:   {platform.python_implementation()} {platform.python_version()} ({sys.executable})",
@@ -1239,7 +1239,7 @@ def table(results: list[Json]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Reproduce the six attacks of issue 14 against the chat server and report "
+        description="Reproduce six cheap attacks against the chat server and report "
                     "what a healthy observer connection experiences.",
         epilog="Exit status: 0 when nothing was lost or broken (speed targets are reported, not "
                "enforced); 1 for a correctness failure; 2 for a usage error.",

@@ -6,7 +6,7 @@ Not a test (pytest does not collect it); run it from the repository root:
 
 Why it exists: cluster mode parses RESP with ``hiredis`` (an optional
 dependency, the ``cluster`` extra) rather than with Python of our own, and
-``docs/cluster-engine.md`` justifies that with the figure printed here.
+``docs/cluster.md`` justifies that with the figure printed here.
 
 What it measures, per reply and per stream entry:
 
