@@ -78,7 +78,11 @@ class Closer:
             conn.close_timer = CloseTimer(conn)
         self._wheel.schedule(conn.close_timer, deadline)
         self.flushing.append(conn)
-        conn.update_interest(self._max_output)
+        if conn.queue:
+            # Output waits for the kernel: stop reading until it is out.  With
+            # nothing queued the flush of this very turn sends the last line
+            # and lingers, which reads again: two selector calls saved a close.
+            conn.update_interest(self._max_output)
 
     def report(self, conn: Connection) -> None:
         """Queue ``conn``'s end for the machine (once, if it knew it), to be taken at the flush."""

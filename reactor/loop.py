@@ -41,7 +41,8 @@ misbehave at once, so each kind of work in a turn is bounded:
   once its unsent replies pass ``--max-output`` (the rest waits, parsed);
 - per turn: reading stops once the turn has spent ``READ_BUDGET`` seconds,
   and ``TIMERS_PER_TURN`` timers are handled at most, idle deadlines aside
-  (all of a turn's leave together, as one departure).  Whatever was put
+  (all of a turn's leave together, as one departure, and a storm of them
+  gathers for ``IDLE_STORM_WINDOW`` first).  Whatever was put
   off is served first in the next turn, in order (round robin, so nobody
   starves), and the loop does not sleep while anything waits.
 
@@ -66,7 +67,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import selectors
 import socket
 import sys
@@ -123,9 +123,10 @@ READ_BUDGET = 0.010
 """Seconds a turn may spend reading before it puts the rest off to the next turn."""
 TIMERS_PER_TURN = 1024
 """Timers handled per turn, idle deadlines aside; the rest are handled in the next turns, at once."""
-IDLE_GRANULE = 1.0
-"""Idle deadlines are rounded up to this (at most a tenth of ``--idle-timeout``): those within
-one granule fall due together and leave as one departure."""
+IDLE_STORM = 32
+"""Idle deadlines reached in one turn that make a storm: the loop gathers the rest for a moment."""
+IDLE_STORM_WINDOW = 0.5
+"""How long a storm of idle deadlines gathers before they all leave, as one departure."""
 SHUTDOWN_TIMEOUT = 2.0
 """How long the server flushes at shutdown before closing everything."""
 TICK = 0.1
@@ -204,8 +205,8 @@ class Reactor:
         self._parked: dict[Connection, None] = {}  # cluster mode: waiting for the engine to catch up
         self._reply_limit_passed = False  # set when filing a reply; read by _pump
         self._work_share = WORK_PER_TURN  # lines per connection this turn (see _read)
-        granule = min(IDLE_GRANULE, config.idle_timeout / 10)
-        self._idle_granule = granule if granule > TICK else 0.0
+        self._idle_storm: list[Connection] | None = None  # idle deadlines gathering (see _idle_expired)
+        self._idle_storm_timer = CallbackTimer(self._end_idle_storm)
         self._bytes_out_closed = 0
         self._shutdown_requested = False
         self._stop_at: float | None = None
@@ -313,7 +314,7 @@ class Reactor:
         """``conn`` is a chat connection from now on: its idle timer runs, the machine knows it."""
         if self._idle_timeout:
             conn.idle_timer = IdleTimer(conn)
-            self._wheel.schedule(conn.idle_timer, self._idle_due(self._now + self._idle_timeout))
+            self._wheel.schedule(conn.idle_timer, self._now + self._idle_timeout)
         conn.known = True
         self._apply(self._machine.handle(ConnectionOpened(conn)))
 
@@ -722,7 +723,7 @@ class Reactor:
             else:
                 due.append(timer)
         if idle:
-            self._time_out(idle)
+            self._idle_expired(idle)
         for _ in range(min(len(due), TIMERS_PER_TURN)):
             timer = due.popleft()
             if not timer.pending:  # (pending again: re-armed since it fired)
@@ -734,16 +735,43 @@ class Reactor:
             return
         deadline = conn.last_active + self._idle_timeout
         if deadline > self._now:
-            self._wheel.schedule(timer, self._idle_due(deadline))  # it was active since: re-arm lazily
+            self._wheel.schedule(timer, deadline)  # it was active since: re-arm lazily
         else:
             expired.append(conn)
 
-    def _idle_due(self, deadline: float) -> float:
-        """When to check an idle deadline: rounded up to the granule, so neighbours fire together."""
-        granule = self._idle_granule
-        if not granule:
-            return deadline
-        return self._started + math.ceil((deadline - self._started) / granule) * granule
+    def _idle_expired(self, conns: list[Connection]) -> None:
+        """Close the idle now, unless they are a storm: then gather the rest of it first.
+
+        Thousands of clients that connected together (after a network blip)
+        go quiet together and reach their deadlines within a second, tick
+        after tick.  Closed tick by tick, each batch would be told of every
+        earlier one: millions of INFO lines to clients about to leave too.
+        So once one turn finds ``IDLE_STORM`` of them, the loop waits
+        ``IDLE_STORM_WINDOW`` for the others, and they leave as one
+        departure, still within protocol.md's one second.
+        """
+        storm = self._idle_storm
+        if storm is None and len(conns) < IDLE_STORM:
+            self._time_out(conns)
+            return
+        if storm is None:
+            storm = self._idle_storm = []
+            self._wheel.schedule(self._idle_storm_timer, self._now + IDLE_STORM_WINDOW)
+        storm += conns
+
+    def _end_idle_storm(self) -> None:
+        storm, self._idle_storm = self._idle_storm or [], None
+        expired = []
+        for conn in storm:
+            if conn.phase >= FLUSHING:
+                continue  # gone meanwhile
+            deadline = conn.last_active + self._idle_timeout
+            if deadline > self._now:  # it spoke meanwhile: watch it again
+                self._wheel.schedule(conn.idle_timer, deadline)  # type: ignore[arg-type]
+            else:
+                expired.append(conn)
+        if expired:
+            self._time_out(expired)
 
     def _time_out(self, conns: list[Connection]) -> None:
         """The idle timeouts of one turn, as one departure."""

@@ -40,37 +40,47 @@ def test_idle_timeout_fires_at_its_deadline_and_not_an_instant_before(harness):
     assert watcher.lines() == ["ERR idle-timeout"]  # anonymous, connected at the same time
 
 
-def test_idle_deadlines_within_one_granule_fire_together_at_most_a_granule_late(harness):
-    """With --idle-timeout 60 the granule is 1 s (the most protocol.md allows): deadlines are
-    checked at the next whole second, so clients that went quiet in the same second leave
-    together, as one departure."""
+def test_a_storm_of_idle_deadlines_gathers_and_leaves_as_one_departure(harness):
+    """40 clients reach their deadline at 60 s, 10 more at 60.2 s: one turn finds a storm
+    (IDLE_STORM or more), gathers for IDLE_STORM_WINDOW, and all 50 leave together, none
+    told about the others; one that spoke meanwhile stays."""
+    loop = harness(idle_timeout=60, rate=0)
+    first = [loop.login(f"a{i}") for i in range(40)]
+    loop.advance(0.2)
+    second = [loop.login(f"b{i}") for i in range(10)]
+    loop.advance_to(59.0)
+    stayer = loop.login("stayer")
+    talker = first.pop()
+    loop.advance_to(60.0)
+    assert all(peer.lines() == [] for peer in first), "the storm left before it gathered"
+    talker.say("PING")  # inside the window: it is not idle any more
+    loop.advance_to(60.2)
+    assert talker.lines() == ["PONG"]
+    loop.advance_to(60.0 + reactor.loop.IDLE_STORM_WINDOW)
+    for peer in first + second:
+        assert peer.lines() == ["ERR idle-timeout"]  # and no INFO about the others
+    infos = stayer.lines()
+    assert len(infos) == 49 and all(line.startswith("INFO ") for line in infos)
+    assert "INFO a39 disconnected" not in infos  # the talker
+    assert talker.lines() == infos  # it saw them all leave
+    loop.advance_to(100)
+    stayer.say("PING")  # keeps itself out of the talker's timeout
+    loop.turn()
+    assert stayer.lines() == ["PONG"]
+    loop.advance_to(60.2 + 60.0 + 2 * TICK)  # its line of 60.2, plus the timeout, plus a tick (and some)
+    assert talker.lines() == ["ERR idle-timeout"]  # watched again after the storm
+
+
+def test_a_few_idle_deadlines_close_at_once(harness):
     loop = harness(idle_timeout=60)
+    ann = loop.login("ann")
     loop.advance(0.05)
-    ann = loop.login("ann")  # deadline 60.05
-    loop.advance(0.8)
-    bob = loop.login("bob")  # deadline 60.85: the same second
-    dee = loop.login("dee")
-    dee.say("PING")
-    loop.advance(0.2)  # dee's last line at 1.05: its deadline 61.05, the next second
-    assert dee.lines() == ["PONG"]
-    loop.advance_to(60.999)
-    assert ann.lines() == [] and bob.lines() == [], "fired before the granule's end"
-    loop.advance_to(61.0)
-    assert ann.lines() == ["ERR idle-timeout"]
-    assert bob.lines() == ["ERR idle-timeout"]  # no INFO about ann: they left together
-    assert dee.lines() == ["INFO ann disconnected", "INFO bob disconnected"]
-    loop.advance_to(62.0)
-    assert dee.lines() == ["ERR idle-timeout"]
-
-
-def test_short_idle_timeouts_keep_the_wheels_tick(harness):
-    loop = harness(idle_timeout=0.5)  # a tenth is under the tick: no rounding
-    loop.advance(0.05)
-    ann = loop.connect()
-    loop.advance_to(0.55)
-    assert ann.lines() == []
-    loop.advance_to(0.55 + TICK)
-    assert ann.lines() == ["ERR idle-timeout"]
+    bob = loop.login("bob")
+    loop.advance_to(60.05)
+    assert ann.lines() == ["ERR idle-timeout"]  # no gathering for two
+    assert bob.lines() == ["INFO ann disconnected"]
+    loop.advance_to(60.05 + TICK)
+    assert bob.lines() == ["ERR idle-timeout"]
 
 
 def test_a_complete_line_postpones_the_idle_timeout_and_bytes_without_lf_do_not(harness):
