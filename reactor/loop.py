@@ -125,7 +125,7 @@ TIMERS_PER_TURN = 1024
 """Timers handled per turn, idle deadlines aside; the rest are handled in the next turns, at once."""
 IDLE_STORM = 32
 """Idle deadlines reached in one turn that make a storm: the loop gathers the rest for a moment."""
-IDLE_STORM_WINDOW = 0.5
+IDLE_STORM_WINDOW = 0.8
 """How long a storm of idle deadlines gathers before they all leave, as one departure."""
 SHUTDOWN_TIMEOUT = 2.0
 """How long the server flushes at shutdown before closing everything."""
