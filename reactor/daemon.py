@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import gc
 import logging
 import os
 import signal
@@ -359,6 +360,28 @@ def _open_listeners(config: Config) -> tuple[list[socket.socket], list[socket.so
     return plain, secure, False
 
 
+GC_THRESHOLDS = (10_000, 50, 100)
+"""The collector's thresholds for a server whose objects mostly live as long as their connection."""
+
+
+def tune_garbage_collector() -> None:
+    """Spare the loop most of the garbage collector's work, which shows as latency spikes.
+
+    Nearly everything the server allocates per event is freed by reference
+    counting at once; what the collector scans is the long-lived: the
+    interpreter's and the imports' objects, and each connection's few.
+    ``gc.freeze()`` moves what start-up made out of every later collection
+    (a full collection with 8,000 connections took 51 ms before, 13 ms
+    after), and higher thresholds make young collections rare (108 during
+    8,000 logins, 8 after): 8,000 logins took a third less CPU
+    (docs/performance.md).  Cycles are still collected: connections that
+    close leave some, and they are found as before, only less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def _cluster_driver(config: Config) -> ClusterDriver | None:
     """Cluster mode's engine side, when ``--cluster`` is given."""
     if config.cluster is None:
@@ -449,6 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             break
     operator.start(reactor, config)
+    tune_garbage_collector()
     log_handler.flush()  # the loop flushes at the end of a turn, and the first may be long in coming
     try:
         reactor.serve_forever()

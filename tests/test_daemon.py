@@ -238,3 +238,18 @@ def test_the_readme_s_piped_netcat_line_ends_by_itself():
         status, _, _ = server.stop()
     assert (result.returncode, result.stdout) == (0, expected)
     assert status == 0
+
+
+def test_the_garbage_collector_is_tuned_for_long_lived_connections():
+    import gc
+
+    from reactor.daemon import GC_THRESHOLDS, tune_garbage_collector
+
+    before = gc.get_threshold()
+    try:
+        tune_garbage_collector()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0  # what start-up made is out of every later collection
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
