@@ -100,6 +100,7 @@ from typing import NoReturn
 from . import systemd
 from .config import PROG, Config
 from .daemon import StartupError, _open_listeners, serve, tls_context
+from .engine import Backoff
 from .logs import LOGGER_NAME, LineFormatter
 
 log = logging.getLogger(LOGGER_NAME)
@@ -250,8 +251,13 @@ def _close_all(socks: list[socket.socket]) -> None:
 # -- the workers ---------------------------------------------------------------------------
 
 
+def _no_jitter() -> float:
+    """The engine's ``Backoff`` without its jitter: the full step, so the log says the delay exactly."""
+    return 1.0
+
+
 @dataclasses.dataclass
-class _Worker:
+class WorkerSlot:
     """One slot, 1 to N, and the process in it (if any)."""
 
     index: int
@@ -260,15 +266,23 @@ class _Worker:
     output: bytes = b""  # what it printed, until its startup line
     serving: bool = False
     started_at: float = 0.0
-    short_lives: int = 0  # deaths in a row after less than STABLE_AFTER
     restart_at: float | None = None
     hup_missed: bool = False  # a SIGHUP came while it was starting
+    backoff: Backoff = dataclasses.field(
+        default_factory=lambda: Backoff(FIRST_RESTART_DELAY, MAX_RESTART_DELAY, random=_no_jitter)
+    )
 
     def __str__(self) -> str:
         return f"worker {self.index} (pid {self.pid})"
 
+    def restart_delay(self, lived: float) -> float:
+        """Seconds to wait before the next worker, after one that lived ``lived`` seconds."""
+        if lived >= STABLE_AFTER:
+            self.backoff.reset()
+        return self.backoff.next_delay()
 
-class _WorkerFormatter(LineFormatter):
+
+class WorkerSlotFormatter(LineFormatter):
     """The daemon's line format, each line prefixed with ``[worker K]``."""
 
     def __init__(self, index: int) -> None:
@@ -307,7 +321,7 @@ class _Supervisor:
         self._watchdog = watchdog
         self._clock = clock
         self._pid = os.getpid()
-        self._workers = [_Worker(index) for index in range(1, config.workers + 1)]
+        self._workers = [WorkerSlot(index) for index in range(1, config.workers + 1)]
         self._selector = selectors.DefaultSelector()
         self._wakeup_read, self._wakeup_write = socket.socketpair()
         self._signals: list[int] = []
@@ -354,7 +368,7 @@ class _Supervisor:
             due.append(self._next_ping)
         return max(0.0, min(due) - self._clock()) if due else None
 
-    def _live(self) -> list[_Worker]:
+    def _live(self) -> list[WorkerSlot]:
         return [worker for worker in self._workers if worker.pid is not None]
 
     # -- signals -------------------------------------------------------------------------------
@@ -402,7 +416,7 @@ class _Supervisor:
             self._send(worker, signum)
 
     @staticmethod
-    def _send(worker: _Worker, signum: int) -> None:
+    def _send(worker: WorkerSlot, signum: int) -> None:
         assert worker.pid is not None
         try:
             os.kill(worker.pid, signum)
@@ -411,7 +425,7 @@ class _Supervisor:
 
     # -- starting and ending -----------------------------------------------------------------------
 
-    def _start(self, worker: _Worker) -> None:
+    def _start(self, worker: WorkerSlot) -> None:
         worker.restart_at = None
         _flush_stdio()  # or the child would write the parent's buffered text again
         read_end, write_end = os.pipe()
@@ -436,7 +450,7 @@ class _Supervisor:
         self._selector.register(read_end, selectors.EVENT_READ, lambda fd: self._read_stdout(worker))
         log.info("%s started", worker)
 
-    def _read_stdout(self, worker: _Worker) -> None:
+    def _read_stdout(self, worker: WorkerSlot) -> None:
         """A worker's stdout: its startup line says it serves; the end means it is ending."""
         assert worker.stdout is not None
         try:
@@ -459,7 +473,7 @@ class _Supervisor:
                 self._send(worker, signal.SIGHUP)
             self._announce()
 
-    def _close_stdout(self, worker: _Worker) -> None:
+    def _close_stdout(self, worker: WorkerSlot) -> None:
         if worker.stdout is not None:
             self._selector.unregister(worker.stdout)
             os.close(worker.stdout)
@@ -475,7 +489,7 @@ class _Supervisor:
             if pid:
                 self._ended(worker, os.waitstatus_to_exitcode(status))
 
-    def _ended(self, worker: _Worker, code: int) -> None:
+    def _ended(self, worker: WorkerSlot, code: int) -> None:
         if worker.stdout is not None:  # a startup line it printed just before it ended counts
             self._read_stdout(worker)
             self._close_stdout(worker)
@@ -497,12 +511,9 @@ class _Supervisor:
             delay = self._schedule_restart(worker, lived)
             log.warning("%s ended (%s) after %.1f s: restarting it in %g s", name, how, lived, delay)
 
-    def _schedule_restart(self, worker: _Worker, lived: float) -> float:
+    def _schedule_restart(self, worker: WorkerSlot, lived: float) -> float:
         """Start the slot's worker again after the backoff; the delay chosen."""
-        if lived >= STABLE_AFTER:
-            worker.short_lives = 0
-        delay = min(MAX_RESTART_DELAY, FIRST_RESTART_DELAY * 2.0 ** min(worker.short_lives, 16))
-        worker.short_lives += 1
+        delay = worker.restart_delay(lived)
         worker.restart_at = self._clock() + delay
         return delay
 
@@ -535,7 +546,7 @@ class _Supervisor:
 
     # -- the worker's side of the fork ---------------------------------------------------------------
 
-    def _be_worker(self, worker: _Worker, stdout: int) -> NoReturn:
+    def _be_worker(self, worker: WorkerSlot, stdout: int) -> NoReturn:
         """In the child: shed the parent's state, then run ``serve``; never returns."""
         status = 1
         try:
@@ -553,7 +564,7 @@ class _Supervisor:
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
             os.close(devnull)
-            self._log_handler.setFormatter(_WorkerFormatter(worker.index))
+            self._log_handler.setFormatter(WorkerSlotFormatter(worker.index))
             status = serve(self._config, self._log_handler, self._sockets.for_a_worker)
         except SystemExit as exit:
             status = exit.code if isinstance(exit.code, int) else 1

@@ -87,10 +87,9 @@ class Workers:
 
 
 @contextmanager
-def workers_server(redis, *args: str, count: int = 2) -> Iterator[Workers]:
-    server = ServerProcess(
-        "--host", "127.0.0.1", "--port", "0", "--cluster", redis.url(), "--workers", str(count), *args
-    )
+def workers_server(redis, *args: str) -> Iterator[Workers]:
+    """Two workers on a port of their own, in the cluster of ``redis``; nothing of them outlives the test."""
+    server = ServerProcess("--host", "127.0.0.1", "--port", "0", "--cluster", redis.url(), "--workers", "2", *args)
     workers = Workers(server)
     try:
         workers.pids()
@@ -114,10 +113,6 @@ def gone(pid: int, timeout: float) -> bool:
         return bool(readable)
     finally:
         os.close(fd)
-
-
-def process_group(pid: int) -> int:
-    return os.getpgid(pid)
 
 
 def children(pid: int) -> list[int]:
@@ -145,8 +140,8 @@ def test_two_workers_share_one_port_and_play_the_seed_session(redis):
         pids = workers.pids()
         assert sorted(pids) == [1, 2]
         parent = workers.server.process.pid
-        assert process_group(parent) not in (process_group(pids[1]), process_group(pids[2]))
-        assert process_group(pids[1]) == pids[1] and process_group(pids[2]) == pids[2]
+        assert os.getpgid(parent) not in (os.getpgid(pids[1]), os.getpgid(pids[2]))
+        assert os.getpgid(pids[1]) == pids[1] and os.getpgid(pids[2]) == pids[2]
         assert b"[worker 1] cluster: node" in workers.err and b"[worker 2] cluster: node" in workers.err
 
         placed = iter((1, 2))  # Naman on worker 1, Yudi on worker 2
@@ -372,6 +367,16 @@ def test_a_worker_that_cannot_start_stops_the_server_with_its_status(redis, tmp_
     )
     assert len(re.findall(rb"^worker 1 \(pid \d+\) started$", err, re.M)) == 2  # no third try
     assert err.endswith(b"Server stopped\n")
+
+
+def test_the_restart_delay_doubles_after_each_short_life_up_to_30_s_and_starts_over_after_a_long_one():
+    from reactor.workers import STABLE_AFTER, WorkerSlot  # a Linux module: SIGHUP, SO_REUSEPORT, prctl
+
+    slot = WorkerSlot(1)
+    assert [slot.restart_delay(lived=1.0) for _ in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert slot.restart_delay(lived=STABLE_AFTER - 0.1) == 30
+    assert slot.restart_delay(lived=STABLE_AFTER) == 0.5
+    assert slot.restart_delay(lived=0.0) == 1
 
 
 # -- what is not several workers ----------------------------------------------------------------------
