@@ -18,6 +18,7 @@ import re
 import select
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from contextlib import contextmanager
 import pytest
 import seed
 import trustme
-from netutil import ROOT, Client, ServerProcess
+from netutil import ROOT, Client, ServerProcess, TLSClient
 from redisutil import redis_servers
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="--workers needs Linux")
@@ -347,18 +348,25 @@ def test_a_killed_worker_is_restarted_and_its_users_are_reported_gone(redis):
 @pytest.mark.slow
 def test_a_worker_that_cannot_start_stops_the_server_with_its_status(redis, tmp_path):
     """A replacement that fails as the server does at start (a certificate gone bad): exit 2, no loop."""
-    issued = trustme.CA().issue_cert("localhost")
+    ca = trustme.CA()
+    issued = ca.issue_cert("localhost", "127.0.0.1")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     issued.cert_chain_pems[0].write_to_path(str(cert))
     issued.private_key_pem.write_to_path(str(key))
     with workers_server(redis, "--tls-cert", str(cert), "--tls-key", str(key)) as workers:
+        client_context = ssl.create_default_context()
+        ca.configure_trust(client_context)
+        secure = TLSClient(workers.server.tls_port, client_context)  # the TLS port is shared too
+        secure.say("LOGIN Naman")
+        secure.expect("OK")
         yudi = workers.login_on(2, "Yudi")
         dead = workers.pids()[1]
         cert.write_text("not a certificate\n")
         os.kill(dead, signal.SIGKILL)
 
-        assert yudi.read_until_closed() == b"ERR server-shutting-down\n"
+        assert yudi.read_until_closed().endswith(b"ERR server-shutting-down\n")  # after Naman's INFO, if there
         yudi.close()
+        secure.close()
         workers.server.process.wait(timeout=WAIT)
         status, _, err = workers.server.stop()
     assert status == 2, err
