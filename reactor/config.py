@@ -497,7 +497,10 @@ It needs the cluster extra: pip install "chat-reactor[cluster]". The URL is
 redis://[user:password@]host[:port][/db] or unix:///path[?db=N], with the
 password percent-encoded; it is never logged. rediss:// (TLS to Redis) is
 not supported. --workers N (Linux) starts N nodes sharing one port, so one
-command uses every core; see docs/cluster.md.
+command uses every core: a parent process prints the startup line once every
+worker is in the cluster, passes SIGINT, SIGTERM, SIGHUP and SIGUSR1 on to
+them, restarts a worker that dies, and exits 0 once all have shut down.
+Worker log lines start with [worker K]; see docs/cluster.md.
 
 exit status: 0 after a shutdown (SIGINT, SIGTERM); 1 when it cannot listen;
 2 for a bad flag or variable, or a Python older than 3.10."""

@@ -36,6 +36,10 @@ dual-stack (OpenBSD), ``::`` becomes two sockets, ``::`` for IPv6 and
 ``0.0.0.0`` for IPv4.  With several hosts and ``--port 0``, the first
 socket takes any free port and the others take the same one, so the
 startup line names the port of them all.
+
+Several workers.  With ``--workers N`` (cluster mode, Linux) ``main`` hands
+over to ``reactor.workers``: a parent process whose N workers each run
+``serve``, on listening sockets of their own that share one port.
 """
 
 from __future__ import annotations
@@ -432,9 +436,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if warning:
         log.warning("%s", warning)
         config = dataclasses.replace(config, max_clients=max_clients)
+    if config.workers > 1:
+        from .workers import supervise  # Linux only (config checked): forks the workers, each runs serve()
+
+        return supervise(config, log_handler)
+    return serve(config, log_handler)
+
+
+def serve(
+    config: Config,
+    log_handler: logging.Handler,
+    open_listeners: Callable[
+        [Config], tuple[list[socket.socket], list[socket.socket], bool]
+    ] = _open_listeners,
+) -> int:
+    """One server process, from its listening sockets to its exit status (a worker's too)."""
     try:
         context = tls_context(config) if config.tls_cert is not None else None  # before binding
-        listeners, tls_listeners, from_systemd = _open_listeners(config)
+        listeners, tls_listeners, from_systemd = open_listeners(config)
     except StartupError as error:
         log_handler.flush()
         print(f"{PROG}: error: {error}", file=sys.stderr)
