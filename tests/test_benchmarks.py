@@ -99,7 +99,8 @@ def tls_server(files, *args: str):
         # 460 KB for each receiver: many 16 KiB records, several to a read
         (["fanout", "--clients", "10", "--senders", "3", "--messages", "2000"],
          {"checked_deliveries": 3 * 2000 * 9}),
-        (["connections", "--clients", "50", "--idle", "0.2"], {"clients": 50}),
+        (["connections", "--clients", "50", "--idle", "0.2", "--max-pending", "10"],
+         {"clients": 50, "max_pending": 10}),
         (["handshakes", "--count", "30", "--warmup", "2", "--parallel", "4"],
          {"count": 30, "resumed": 0}),
     ],

@@ -109,8 +109,12 @@ HANDSHAKE_ROWS = [  # the first row picks the median run: the server's capacity,
 ]
 
 
-def plan(quick: bool) -> dict:
-    """Scenario name -> its cases; ``quick`` shrinks every one for a smoke run."""
+def plan(quick: bool, max_pending: int | None = None) -> dict:
+    """Scenario name -> its cases; ``quick`` shrinks every one for a smoke run.
+
+    ``max_pending``: connections in progress at once in the connections
+    scenarios (default: the generator's, somaxconn)."""
+    pending = [] if max_pending is None else ["--max-pending", max_pending]
     messages_small = 200 if quick else 2000
     messages_wide = 50 if quick else 200
     duration = 2 if quick else 5
@@ -139,7 +143,7 @@ def plan(quick: bool) -> dict:
         ],
         "connections": [
             Case("connections", f"connections {n}",
-                 ["connections", "--clients", n, "--idle", idle],
+                 ["connections", "--clients", n, "--idle", idle, *pending],
                  CONNECTION_ROWS, idle + 300, cpu_note="CPU columns: the login phase")
             for n in conns
         ],
@@ -160,7 +164,7 @@ def plan(quick: bool) -> dict:
         ],
         "connections-tls": [
             Case("connections-tls", f"connections-tls {tls_conns}",
-                 ["connections", "--clients", tls_conns, "--idle", idle],
+                 ["connections", "--clients", tls_conns, "--idle", idle, *pending],
                  CONNECTION_ROWS, idle + 300, cpu_note="CPU columns: the login phase", tls=True),
         ],
     }
@@ -816,7 +820,7 @@ def details(cases: list) -> str:
                 out.append(
                     f"{entry['case']:<18} {target:<5}  RSS {r['rss_before_kib']:,} -> "
                     f"{r['rss_after_kib']:,} KiB ({r['rss_after_idle_kib']:,} after idle); "
-                    f"{r['logins_per_s']:,.0f} logins/s; idle {r['idle_s']:.1f} s: server CPU "
+                    f"{r['logins_per_s']:,.0f} logins/s, at most {r.get('max_pending')} in progress; idle {r['idle_s']:.1f} s: server CPU "
                     f"{r['idle_server_cpu_precise_s']:.4f} s (schedstat), "
                     f"{r['idle_server_cpu_s']:.2f} s (/proc stat){tls_note(r)}"
                 )
@@ -863,6 +867,9 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="PATH", help="the redis-server binary")
     parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                         help="an extra argument for our server, e.g. --server-arg=--log-level=WARNING")
+    parser.add_argument("--max-pending", type=int, default=None, metavar="N",
+                        help="connections scenarios: at most N connections in progress at once "
+                             "(default: somaxconn, the listen backlog's cap)")
     parser.add_argument("--tls-key-type", choices=TLS_KEY_TYPES, default="ecdsa",
                         help="the TLS scenarios' certificate key: ecdsa (P-256, the default) or "
                              "rsa (2048 bits)")
@@ -872,8 +879,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list | None = None) -> int:
     argv = sys.argv if argv is None else argv
     args = build_parser().parse_args(argv[1:])
-    if args.repeat < 1 or args.retries < 0:
-        print("--repeat must be at least 1 and --retries at least 0", file=sys.stderr)
+    if args.repeat < 1 or args.retries < 0 or (args.max_pending is not None and args.max_pending < 1):
+        print("--repeat and --max-pending must be at least 1 and --retries at least 0", file=sys.stderr)
         return 2
     if not args.no_redis and not os.access(args.redis_server, os.X_OK):
         print(f"redis-server not found at {args.redis_server} (use --redis-server PATH "
@@ -882,7 +889,8 @@ def main(argv: list | None = None) -> int:
     if args.settle is None:
         args.settle = 5.0 if args.quick else 20.0
     chosen = args.scenario or list(SCENARIOS)
-    cases = [case for name in SCENARIOS if name in chosen for case in plan(args.quick)[name]]
+    cases = [case for name in SCENARIOS if name in chosen
+             for case in plan(args.quick, args.max_pending)[name]]
     args.tls_files = None
     if any(case.tls for case in cases):
         try:

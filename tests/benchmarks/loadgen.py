@@ -375,6 +375,11 @@ class Dial:
         self.t0 = perf_ns()
 
 
+def since(d: Dial) -> str:
+    """Seconds since ``d``'s connect, for an error message (a server's handshake deadline shows)."""
+    return f"{(perf_ns() - d.t0) / 1e9:.1f}"
+
+
 def dial_many(addr, count: int, *, line_for, reply_done, reply_ok, on_ready,
               tls: ClientTLS | None = None, timeout: float = LOGIN_TIMEOUT,
               max_pending: int | None = None, purpose: str = "login",
@@ -420,7 +425,8 @@ def dial_many(addr, count: int, *, line_for, reply_done, reply_ok, on_ready,
                 except ssl.SSLWantWriteError:
                     return EPOLLOUT
                 except (OSError, ValueError) as error:
-                    raise Failure(f"connection #{d.index}: TLS handshake failed: {error}") from None
+                    raise Failure(f"connection #{d.index}: TLS handshake failed "
+                                  f"{since(d)} s after its connect: {error}") from None
                 if d.line is None:
                     return None
                 d.stage = SENDING
@@ -436,7 +442,8 @@ def dial_many(addr, count: int, *, line_for, reply_done, reply_ok, on_ready,
                     if error.errno == errno.ENOTCONN:  # plain: connect not finished yet
                         d.stage = CONNECTING
                         return EPOLLOUT
-                    raise Failure(f"connection #{d.index}: sending the {purpose} failed: {error}") from None
+                    raise Failure(f"connection #{d.index}: sending the {purpose} failed "
+                                  f"{since(d)} s after its connect: {error}") from None
                 if sent != len(d.line):
                     raise Failure(f"connection #{d.index}: the {purpose} line did not fit the socket")
                 d.stage = READING
@@ -449,11 +456,12 @@ def dial_many(addr, count: int, *, line_for, reply_done, reply_ok, on_ready,
             except ssl.SSLWantWriteError:
                 return EPOLLOUT
             except OSError as error:
-                raise Failure(f"connection #{d.index} failed during {purpose}: {error}") from None
+                raise Failure(f"connection #{d.index} failed during {purpose}, "
+                              f"{since(d)} s after its connect: {error}") from None
             if not data:
                 raise Failure(
-                    f"connection #{d.index} closed by the server during {purpose} "
-                    f"(received {d.reply!r})"
+                    f"connection #{d.index} closed by the server during {purpose}, "
+                    f"{since(d)} s after its connect (received {d.reply!r})"
                 )
             d.reply += data
             if tls is not None and sock.pending():
@@ -1137,7 +1145,7 @@ def run_connections(proto, addr, args) -> dict:
     rss0 = server_rss_kib(pid)
     window = Window(pid)
     window.start()
-    socks, t_first, t_last = open_clients(proto, addr, n, tls=args.tls)
+    socks, t_first, t_last = open_clients(proto, addr, n, tls=args.tls, max_pending=args.max_pending)
     login = window.stop(t_last)
     KEEP.extend(socks)
     rss1 = server_rss_kib(pid)
@@ -1173,6 +1181,7 @@ def run_connections(proto, addr, args) -> dict:
         "mode": "connections",
         **tls_info(socks[0]),
         "clients": n,
+        "max_pending": args.max_pending or somaxconn(),
         "login_s": (t_last - t_first) / 1e9,
         "logins_per_s": n / ((t_last - t_first) / 1e9),
         "login_server_cpu_s": login["server_cpu_s"],
@@ -1392,6 +1401,9 @@ def build_parser() -> argparse.ArgumentParser:
     conns = modes.add_parser("connections", help="login time, memory and idle CPU")
     conns.add_argument("--clients", type=int, default=5000)
     conns.add_argument("--idle", type=float, default=10.0, help="seconds to sit idle")
+    conns.add_argument("--max-pending", type=int, default=None, metavar="N",
+                       help="connections in progress (connecting, in their handshake, logging in) "
+                            "at once; default: the kernel's somaxconn")
     ping = modes.add_parser("ping", help="sequential PING round trips")
     ping.add_argument("--count", type=int, default=20000)
     ping.add_argument("--warmup", type=int, default=2000)
