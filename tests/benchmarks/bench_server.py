@@ -50,8 +50,10 @@ MAX_CLIENTS = 20000
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 
-SCENARIOS = ("fanout-small", "fanout-wide", "latency", "connections", "ping",
-             "fanout-tls", "handshakes-tls", "connections-tls")
+PLAIN_SCENARIOS = ("fanout-small", "fanout-wide", "latency", "connections", "ping")
+TLS_SCENARIOS = ("fanout-tls", "handshakes-tls", "connections-tls")
+SCENARIOS = PLAIN_SCENARIOS + TLS_SCENARIOS
+"""Without --scenario the plaintext ones run; --tls adds (or, alone, runs) the TLS ones."""
 TLS_KEY_TYPES = ("ecdsa", "rsa")
 HANDSHAKES_PARALLEL = 8  # handshakes-tls: connections in progress at once
 TIMED_EVERY = 10  # latency: time every 10th receiver's deliveries; one read per delivery for all
@@ -852,7 +854,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark our chat server against Redis pub/sub under the same load.",
     )
     parser.add_argument("--scenario", action="append", choices=SCENARIOS, metavar="NAME",
-                        help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}")
+                        help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}; "
+                             f"default: {', '.join(PLAIN_SCENARIOS)}")
+    parser.add_argument("--tls", action="store_true",
+                        help=f"run the TLS scenarios ({', '.join(TLS_SCENARIOS)}), besides any --scenario; "
+                             "without either, the plaintext ones run")
     parser.add_argument("--quick", action="store_true",
                         help="shrink every scenario for a fast smoke run")
     parser.add_argument("--repeat", type=int, default=1, metavar="N",
@@ -891,7 +897,9 @@ def main(argv: list | None = None) -> int:
         return 2
     if args.settle is None:
         args.settle = 5.0 if args.quick else 20.0
-    chosen = args.scenario or list(SCENARIOS)
+    chosen = list(args.scenario or ([] if args.tls else PLAIN_SCENARIOS))
+    if args.tls:
+        chosen += TLS_SCENARIOS
     cases = [case for name in SCENARIOS if name in chosen
              for case in plan(args.quick, args.max_pending)[name]]
     args.tls_files = None
