@@ -243,6 +243,16 @@ def test_the_ping_floor_server_answers_the_load_generator():
     assert completed.stdout.startswith("ping floor (a bare selectors loop"), completed.stdout
 
 
+def test_the_handshake_floor_times_our_server_context():
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "handshake_floor.py"), "--count", "5", "--warmup", "1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("handshake floor (OpenSSL's server side alone"), completed.stdout
+    assert "(5 handshakes)" in completed.stdout
+
+
 def test_the_share_benchmark_runs_a_real_reactor():
     completed = subprocess.run(
         [sys.executable, str(BENCHMARKS / "bench_share.py"), "--users", "5", "--rounds", "20",
