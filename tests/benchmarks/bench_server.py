@@ -16,8 +16,14 @@ is checked (count, order per sender, nothing damaged or extra); a failed
 check, a crash or a timeout makes the run exit 1 with a message saying
 which.  See README.md beside this file for what each scenario measures.
 
-Standard library only; Linux (/proc, epoll).  Needs ``redis-server`` on the
-PATH (or ``--redis-server PATH``); ``--no-redis`` runs ours alone.
+The TLS scenarios (``fanout-tls``, ``handshakes-tls``, ``connections-tls``;
+named, or all three with ``--tls``) run both servers TLS-only with one
+certificate that ``trustme`` makes for the run in a temporary directory, and
+the generator speaks TLS to both, verifying it.
+
+Standard library only (and ``trustme`` for the TLS scenarios); Linux
+(/proc, epoll).  Needs ``redis-server`` on the PATH (or ``--redis-server
+PATH``); ``--no-redis`` runs ours alone.
 """
 
 from __future__ import annotations
