@@ -2,7 +2,9 @@
 
 The benchmark itself is not a test (its figures are never asserted); these
 tests keep its tools from rotting: every load-generator mode runs, tiny,
-against the real server, and the delivery checker rejects each kind of bad
+against the real server, in plain TCP and over TLS (and the TLS cases also
+against ``redis-server`` with TLS, through the driver's own certificates
+and server commands), and the delivery checker rejects each kind of bad
 stream it exists to catch.  The load generator is Linux-only (epoll,
 /proc), as its README says.
 """
@@ -15,6 +17,7 @@ import sys
 
 import pytest
 from netutil import ROOT, server_process
+from tools import require
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the benchmark's load generator uses epoll and /proc"
@@ -22,6 +25,7 @@ pytestmark = pytest.mark.skipif(
 
 BENCHMARKS = ROOT / "tests" / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
+import bench_server  # noqa: E402
 import loadgen  # noqa: E402
 
 
@@ -69,6 +73,111 @@ def test_a_run_whose_deliveries_do_not_all_arrive_fails():
         )
     assert not result["ok"]
     assert "timed out" in result["error"]
+
+
+# -- over TLS ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_files():
+    """The driver's own certificates (trustme, in a temporary directory it removes)."""
+    files = bench_server.TLSFiles()
+    yield files
+    files.close()
+
+
+def tls_server(files, *args: str):
+    return server_process(
+        "--idle-timeout", "0", "--max-output", "67108864", "--tls-cert", files.cert,
+        "--tls-key", files.key, "--tls-port", "0", "--tls-only", *args,
+    )
+
+
+@pytest.mark.parametrize(
+    "mode_args, expected",
+    [
+        # 460 KB for each receiver: many 16 KiB records, several to a read
+        (["fanout", "--clients", "10", "--senders", "3", "--messages", "2000"],
+         {"checked_deliveries": 3 * 2000 * 9}),
+        (["connections", "--clients", "50", "--idle", "0.2", "--max-pending", "10"],
+         {"clients": 50, "max_pending": 10}),
+        (["handshakes", "--count", "30", "--warmup", "2", "--parallel", "4"],
+         {"count": 30, "resumed": 0}),
+    ],
+    ids=["fanout", "connections", "handshakes"],
+)
+def test_every_tls_mode_runs_against_the_server_and_checks_its_deliveries(tls_files, mode_args, expected):
+    with tls_server(tls_files, "--rate", "0") as server:
+        result = run_loadgen(server.tls_port, server.process.pid,
+                             "--tls", "--tls-ca", tls_files.ca, *mode_args)
+    assert result["ok"], result.get("error")
+    assert result["tls_version"] in ("TLSv1.2", "TLSv1.3")
+    for key, value in expected.items():
+        assert result[key] == value, key
+
+
+def test_decrypted_bytes_left_in_the_ssl_object_are_read(tls_files, monkeypatch, capsys):
+    """Reads far smaller than a TLS record leave most of each record inside the SSL object,
+    where epoll never looks: the run completes only if the generator reads them anyway."""
+    monkeypatch.setattr(loadgen, "RECV_SIZE", 1000)
+    with tls_server(tls_files, "--rate", "0") as server:
+        status = loadgen.main([
+            "--proto", "chat", "--port", str(server.tls_port), "--tls", "--tls-ca", tls_files.ca,
+            "fanout", "--clients", "5", "--senders", "2", "--messages", "1000", "--timeout", "10",
+        ])
+    result = json.loads(capsys.readouterr().out)
+    assert status == 0 and result["ok"], result.get("error")
+    assert result["checked_deliveries"] == 2 * 1000 * 4
+
+
+def test_a_tls_run_whose_deliveries_do_not_all_arrive_fails(tls_files):
+    """Flood control paces the senders: the fanout over TLS must not pass as complete."""
+    with tls_server(tls_files, "--rate", "1", "--burst", "5") as server:
+        result = run_loadgen(
+            server.tls_port, server.process.pid, "--tls", "--tls-ca", tls_files.ca,
+            "fanout", "--clients", "5", "--senders", "2", "--messages", "50", "--timeout", "1",
+        )
+    assert not result["ok"]
+    assert "timed out" in result["error"]
+
+
+def test_the_generator_refuses_tls_where_it_cannot_speak_it():
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "loadgen.py"), "--proto", "chat", "--port", "1",
+         "--tls", "ping"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert completed.returncode == 2 and "--tls works with" in completed.stderr
+
+
+DRIVER_CASES = {
+    "fanout": (["fanout", "--clients", 10, "--senders", 2, "--messages", 100],
+               {"ours": {"checked_deliveries": 2 * 100 * 9}, "redis": {"checked_deliveries": 2 * 100 * 10}}),
+    "connections": (["connections", "--clients", 40, "--idle", 0.2], {}),
+    "handshakes": (["handshakes", "--count", 20, "--warmup", 2, "--parallel", 4], {}),
+}
+
+
+@pytest.mark.parametrize("mode", list(DRIVER_CASES))
+@pytest.mark.parametrize("target", ["ours", "redis"])
+def test_the_driver_runs_tls_cases_against_both_servers(tls_files, target, mode):
+    """The driver's TLS server commands (ours --tls-only, redis-server --port 0 --tls-port)
+    and the generator's verification of the run's CA, end to end."""
+    args, expected = DRIVER_CASES[mode]
+    case = bench_server.Case(mode, mode, args, [], 60, tls=True)
+    if target == "ours":
+        server = bench_server.ChatServer([], tls_files)
+    else:
+        server = bench_server.RedisServer(require("redis-server"), tls_files)
+    server.start()
+    try:
+        result = bench_server.run_loadgen(server, "chat" if target == "ours" else "redis", case)
+    finally:
+        server.stop()
+    assert result["ok"], result.get("error")
+    assert result["tls_version"] in ("TLSv1.2", "TLSv1.3")
+    for key, value in expected.get(target, {}).items():
+        assert result[key] == value, key
 
 
 # -- the delivery checker ------------------------------------------------------------
@@ -132,6 +241,16 @@ def test_the_ping_floor_server_answers_the_load_generator():
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.startswith("ping floor (a bare selectors loop"), completed.stdout
+
+
+def test_the_handshake_floor_times_our_server_context():
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "handshake_floor.py"), "--count", "5", "--warmup", "1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("handshake floor (OpenSSL's server side alone"), completed.stdout
+    assert "(5 handshakes)" in completed.stdout
 
 
 def test_the_share_benchmark_runs_a_real_reactor():

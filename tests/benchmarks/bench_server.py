@@ -16,8 +16,14 @@ is checked (count, order per sender, nothing damaged or extra); a failed
 check, a crash or a timeout makes the run exit 1 with a message saying
 which.  See README.md beside this file for what each scenario measures.
 
-Standard library only; Linux (/proc, epoll).  Needs ``redis-server`` on the
-PATH (or ``--redis-server PATH``); ``--no-redis`` runs ours alone.
+The TLS scenarios (``fanout-tls``, ``handshakes-tls``, ``connections-tls``;
+named, or all three with ``--tls``) run both servers TLS-only with one
+certificate that ``trustme`` makes for the run in a temporary directory, and
+the generator speaks TLS to both, verifying it.
+
+Standard library only (and ``trustme`` for the TLS scenarios); Linux
+(/proc, epoll).  Needs ``redis-server`` on the PATH (or ``--redis-server
+PATH``); ``--no-redis`` runs ours alone.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -49,7 +56,12 @@ MAX_CLIENTS = 20000
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 
-SCENARIOS = ("fanout-small", "fanout-wide", "latency", "connections", "ping")
+PLAIN_SCENARIOS = ("fanout-small", "fanout-wide", "latency", "connections", "ping")
+TLS_SCENARIOS = ("fanout-tls", "handshakes-tls", "connections-tls")
+SCENARIOS = PLAIN_SCENARIOS + TLS_SCENARIOS
+"""Without --scenario the plaintext ones run; --tls adds (or, alone, runs) the TLS ones."""
+TLS_KEY_TYPES = ("ecdsa", "rsa")
+HANDSHAKES_PARALLEL = 8  # handshakes-tls: connections in progress at once
 TIMED_EVERY = 10  # latency: time every 10th receiver's deliveries; one read per delivery for all
                   # 99 recipients is more than one Python generator process can do at 200 msg/s
 
@@ -71,13 +83,14 @@ class Case:
     """One load-generator run per target (or ``--repeat`` of them)."""
 
     def __init__(self, scenario: str, name: str, args: list, rows: list,
-                 timeout: float, cpu_note: str = "") -> None:
+                 timeout: float, cpu_note: str = "", tls: bool = False) -> None:
         self.scenario = scenario
         self.name = name
         self.args = [str(a) for a in args]
         self.rows = rows
         self.timeout = timeout
         self.cpu_note = cpu_note
+        self.tls = tls  # both servers serve TLS only, and the generator speaks it
 
 
 FANOUT_ROWS = [Row("deliveries/s", "deliveries_per_s", ",.0f", "max")]
@@ -96,16 +109,28 @@ PING_ROWS = [
     Row("p50 us", "p50_us", ".1f", "min"),
     Row("p99 us", "p99_us", ".1f", "min"),
 ]
+HANDSHAKE_ROWS = [  # the first row picks the median run: the server's capacity, not the generator's
+    Row("per server CPU s", "handshakes_per_server_cpu_s", ",.0f", "max"),
+    Row("handshakes/s", "handshakes_per_s", ",.0f", "max"),
+    Row("p50 ms", "p50_ms", ".2f", "min"),
+    Row("p99 ms", "p99_ms", ".2f", "min"),
+]
 
 
-def plan(quick: bool) -> dict:
-    """Scenario name -> its cases; ``quick`` shrinks every one for a smoke run."""
+def plan(quick: bool, max_pending: int | None = None) -> dict:
+    """Scenario name -> its cases; ``quick`` shrinks every one for a smoke run.
+
+    ``max_pending``: connections in progress at once in the connections
+    scenarios (default: the generator's, somaxconn)."""
+    pending = [] if max_pending is None else ["--max-pending", max_pending]
     messages_small = 200 if quick else 2000
     messages_wide = 50 if quick else 200
     duration = 2 if quick else 5
     idle = 2 if quick else 10
     conns = [1000] if quick else [5000, 10000]
     pings, warmup = (2000, 200) if quick else (20000, 2000)
+    handshakes, handshake_warmup = (200, 20) if quick else (2000, 100)
+    tls_conns = 1000 if quick else 5000
     return {
         "fanout-small": [
             Case("fanout-small", "fanout-small",
@@ -126,13 +151,29 @@ def plan(quick: bool) -> dict:
         ],
         "connections": [
             Case("connections", f"connections {n}",
-                 ["connections", "--clients", n, "--idle", idle],
+                 ["connections", "--clients", n, "--idle", idle, *pending],
                  CONNECTION_ROWS, idle + 300, cpu_note="CPU columns: the login phase")
             for n in conns
         ],
         "ping": [
             Case("ping", "ping", ["ping", "--count", pings, "--warmup", warmup],
                  PING_ROWS, 300),
+        ],
+        "fanout-tls": [
+            Case("fanout-tls", "fanout-tls",
+                 ["fanout", "--clients", 100, "--senders", 10, "--messages", messages_small],
+                 FANOUT_ROWS, 300, tls=True),
+        ],
+        "handshakes-tls": [
+            Case("handshakes-tls", "handshakes-tls",
+                 ["handshakes", "--count", handshakes, "--warmup", handshake_warmup,
+                  "--parallel", HANDSHAKES_PARALLEL],
+                 HANDSHAKE_ROWS, 300, tls=True),
+        ],
+        "connections-tls": [
+            Case("connections-tls", f"connections-tls {tls_conns}",
+                 ["connections", "--clients", tls_conns, "--idle", idle, *pending],
+                 CONNECTION_ROWS, idle + 300, cpu_note="CPU columns: the login phase", tls=True),
         ],
     }
 
@@ -158,10 +199,51 @@ def somaxconn() -> int:
         return socket.SOMAXCONN
 
 
+class TLSFiles:
+    """A private CA and a certificate for 127.0.0.1 and localhost, made for this run.
+
+    ``trustme`` (the test extra) writes them to a temporary directory that
+    ``close`` removes: no key outlives the run.  Both servers serve the same
+    certificate; the generator trusts the CA and checks the name.
+    """
+
+    def __init__(self, key_type: str = "ecdsa") -> None:
+        try:
+            import trustme
+        except ImportError:
+            raise ServerError(
+                "the TLS scenarios need trustme to make their certificates "
+                "(pip install trustme; it is in the test extra)"
+            ) from None
+        kind = trustme.KeyType.RSA if key_type == "rsa" else trustme.KeyType.ECDSA
+        self.key_type = key_type
+        self.describe = ("RSA 2048" if key_type == "rsa" else "ECDSA P-256") + \
+            " certificate and CA made by trustme " + getattr(trustme, "__version__", "")
+        self._dir = tempfile.TemporaryDirectory(prefix="bench-tls-")
+        folder = pathlib.Path(self._dir.name)
+        ca = trustme.CA(key_type=kind)
+        leaf = ca.issue_cert("127.0.0.1", "localhost", key_type=kind)
+        self.ca = str(folder / "ca.pem")
+        self.cert = str(folder / "cert.pem")
+        self.key = str(folder / "key.pem")
+        ca.cert_pem.write_to_path(self.ca)
+        leaf.private_key_pem.write_to_path(self.key)
+        with open(self.cert, "wb") as f:
+            for blob in leaf.cert_chain_pems:
+                f.write(blob.bytes())
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.ca)
+
+    def close(self) -> None:
+        self._dir.cleanup()
+
+
 class Server:
     """A server subprocess with its log in a temporary file."""
 
     label = "?"
+    tls: TLSFiles | None = None
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
@@ -210,13 +292,17 @@ class Server:
 class ChatServer(Server):
     label = "our"
 
-    def __init__(self, extra: list) -> None:
+    def __init__(self, extra: list, tls: TLSFiles | None = None) -> None:
         super().__init__()
+        self.tls = tls
         self.command = [
             sys.executable, "-m", "reactor", "--host", "127.0.0.1", "--port", "0",
             "--rate", "0", "--idle-timeout", "0", "--max-clients", str(MAX_CLIENTS),
             "--max-output", str(MAX_OUTPUT), *extra,
         ]
+        if tls is not None:  # TLS only, on a port of the kernel's choosing
+            self.command += ["--tls-cert", tls.cert, "--tls-key", tls.key,
+                             "--tls-port", "0", "--tls-only"]
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -226,8 +312,9 @@ class ChatServer(Server):
         deadline = time.monotonic() + START_TIMEOUT
         seen = b""
         fd = self.proc.stdout.fileno()
+        started = rb"TLS on port (\d+)" if self.tls is not None else rb"Chat server started on port (\d+)"
         while True:
-            match = re.search(rb"Chat server started on port (\d+)", seen)
+            match = re.search(started, seen)
             if match:
                 self.port = int(match.group(1))
                 return
@@ -253,12 +340,22 @@ class ChatServer(Server):
 class RedisServer(Server):
     label = "redis"
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, tls: TLSFiles | None = None) -> None:
         super().__init__()
         self.binary = binary
+        self.tls = tls
         self.port = free_port()
+        if tls is None:
+            ports = ["--port", str(self.port)]
+        else:
+            # TLS only (--port 0), clients unauthenticated, as ours.  No
+            # --tls-ca-cert-file: OpenSSL would build the chain from it and
+            # send the CA's certificate too; without it both servers send the
+            # same one certificate, and the client does the same work for both.
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", tls.cert,
+                     "--tls-key-file", tls.key, "--tls-auth-clients", "no"]
         self.command = [
-            binary, "--save", "", "--appendonly", "no", "--port", str(self.port),
+            binary, "--save", "", "--appendonly", "no", *ports,
             "--bind", "127.0.0.1", "--daemonize", "no", "--protected-mode", "no",
             "--maxclients", str(MAX_CLIENTS),
             # The same listen backlog as our server (listen(SOMAXCONN), capped
@@ -282,10 +379,13 @@ class RedisServer(Server):
                 )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
-                        return
-            except OSError:
+                    conn = s if self.tls is None else self.tls.client_context().wrap_socket(
+                        s, server_hostname="127.0.0.1")
+                    with conn:
+                        conn.sendall(b"PING\r\n")
+                        if conn.recv(64).startswith(b"+PONG"):
+                            return
+            except OSError:  # ssl.SSLError too
                 pass
             if time.monotonic() > deadline:
                 self.stop()
@@ -306,9 +406,10 @@ def redis_version(binary: str) -> str:
 
 def run_loadgen(server: Server, proto: str, case: Case) -> dict:
     """Run the generator against a started server; stop the server; the JSON result."""
+    tls = ["--tls", "--tls-ca", server.tls.ca] if server.tls is not None else []
     command = [
         sys.executable, str(LOADGEN), "--proto", proto, "--port", str(server.port),
-        "--server-pid", str(server.pid), "--hold", *case.args,
+        "--server-pid", str(server.pid), "--hold", *tls, *case.args,
     ]
     err = tempfile.TemporaryFile()
     gen = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
@@ -423,7 +524,9 @@ def run_once(case: Case, target: str, args, tag: str) -> dict:
     best = None
     for trial in range(1 + args.retries):
         busy = settle(args.settle)
-        server = ChatServer(args.server_arg) if target == "ours" else RedisServer(args.redis_server)
+        tls = args.tls_files if case.tls else None
+        server = (ChatServer(args.server_arg, tls) if target == "ours"
+                  else RedisServer(args.redis_server, tls))
         print(f"  {tag} running...", file=sys.stderr, flush=True)
         try:
             server.start()
@@ -576,7 +679,23 @@ def meta(args, argv: list) -> dict:
         "load_average_before": load_average(),
         "ulimit_n": _nofile(),
         "wakeup": wakeup_floor(),
+        "openssl": openssl_versions(args),
     }
+
+
+def openssl_versions(args) -> str:
+    """Which OpenSSL each side uses: Python's ``ssl`` (ours, the generator) and redis-server's."""
+    text = f"Python's ssl: {ssl.OPENSSL_VERSION}"
+    if args.no_redis:
+        return text
+    try:
+        out = subprocess.run(["ldd", args.redis_server], capture_output=True, text=True,
+                             timeout=10).stdout
+        libssl = next((line.split()[0] + " => " + line.split()[2] for line in out.splitlines()
+                       if "libssl" in line and "=>" in line), "no libssl in ldd's list")
+    except (OSError, subprocess.SubprocessError, IndexError):
+        libssl = "unknown (ldd failed)"
+    return text + f"; redis-server: {libssl}"
 
 
 def _nofile() -> str:
@@ -676,6 +795,14 @@ def table(cases: list) -> str:
     return "\n".join([render(header), rule] + [render(r) for r in lines])
 
 
+def tls_note(result: dict) -> str:
+    """What a TLS run negotiated, for its details line."""
+    if not result.get("tls_version"):
+        return ""
+    ticket = "a session ticket" if result.get("tls_session_ticket") else "no session ticket"
+    return f"; {result['tls_version']} {result.get('tls_cipher')}, {ticket} from the server"
+
+
 def details(cases: list) -> str:
     out = []
     for entry in cases:
@@ -689,6 +816,7 @@ def details(cases: list) -> str:
                     f"{entry['case']:<18} {target:<5}  {r['expected_deliveries']:,} deliveries "
                     f"checked in order; senders done after {fmt((r.get('send_s') or 0) * 1e3, '.1f')} ms; "
                     f"login {r['login_s']:.3f} s; other CPU {fmt(r.get('other_cpu_s'), '.2f')} s"
+                    f"{tls_note(r)}"
                 )
             elif mode == "latency":
                 out.append(
@@ -703,9 +831,17 @@ def details(cases: list) -> str:
                 out.append(
                     f"{entry['case']:<18} {target:<5}  RSS {r['rss_before_kib']:,} -> "
                     f"{r['rss_after_kib']:,} KiB ({r['rss_after_idle_kib']:,} after idle); "
-                    f"{r['logins_per_s']:,.0f} logins/s; idle {r['idle_s']:.1f} s: server CPU "
+                    f"{r['logins_per_s']:,.0f} logins/s, at most {r.get('max_pending')} in progress; idle {r['idle_s']:.1f} s: server CPU "
                     f"{r['idle_server_cpu_precise_s']:.4f} s (schedstat), "
-                    f"{r['idle_server_cpu_s']:.2f} s (/proc stat)"
+                    f"{r['idle_server_cpu_s']:.2f} s (/proc stat){tls_note(r)}"
+                )
+            elif mode == "handshakes":
+                out.append(
+                    f"{entry['case']:<18} {target:<5}  {r['count']:,} full handshakes, "
+                    f"{r['parallel']} at a time, each connect, handshake, PING, PONG, close; "
+                    f"{r['resumed']} resumed; max {r['max_ms']:.2f} ms; server CPU "
+                    f"{fmt(r.get('server_cpu_precise_s'), '.3f')} s (schedstat), "
+                    f"{fmt(r.get('server_ms_per_handshake'), '.3f')} ms each{tls_note(r)}"
                 )
             elif mode == "ping":
                 out.append(
@@ -724,7 +860,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark our chat server against Redis pub/sub under the same load.",
     )
     parser.add_argument("--scenario", action="append", choices=SCENARIOS, metavar="NAME",
-                        help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}")
+                        help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}; "
+                             f"default: {', '.join(PLAIN_SCENARIOS)}")
+    parser.add_argument("--tls", action="store_true",
+                        help=f"run the TLS scenarios ({', '.join(TLS_SCENARIOS)}), besides any --scenario; "
+                             "without either, the plaintext ones run")
     parser.add_argument("--quick", action="store_true",
                         help="shrink every scenario for a fast smoke run")
     parser.add_argument("--repeat", type=int, default=1, metavar="N",
@@ -735,21 +875,27 @@ def build_parser() -> argparse.ArgumentParser:
                              "machine to stop (0: do not wait; default 20, 5 with --quick)")
     parser.add_argument("--retries", type=int, default=2, metavar="N",
                         help="run a case again, up to N times, when other programs used "
-                             f"{NOISY:.0%} of a core or more during it; the least disturbed "
+                             f"{NOISY * 100:.0f}%% of a core or more during it; the least disturbed "
                              "run counts (default 2)")
     parser.add_argument("--no-redis", action="store_true", help="run our server only")
     parser.add_argument("--redis-server", default=shutil.which("redis-server") or "/usr/bin/redis-server",
                         metavar="PATH", help="the redis-server binary")
     parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                         help="an extra argument for our server, e.g. --server-arg=--log-level=WARNING")
+    parser.add_argument("--max-pending", type=int, default=None, metavar="N",
+                        help="connections scenarios: at most N connections in progress at once "
+                             "(default: somaxconn, the listen backlog's cap)")
+    parser.add_argument("--tls-key-type", choices=TLS_KEY_TYPES, default="ecdsa",
+                        help="the TLS scenarios' certificate key: ecdsa (P-256, the default) or "
+                             "rsa (2048 bits)")
     return parser
 
 
 def main(argv: list | None = None) -> int:
     argv = sys.argv if argv is None else argv
     args = build_parser().parse_args(argv[1:])
-    if args.repeat < 1 or args.retries < 0:
-        print("--repeat must be at least 1 and --retries at least 0", file=sys.stderr)
+    if args.repeat < 1 or args.retries < 0 or (args.max_pending is not None and args.max_pending < 1):
+        print("--repeat and --max-pending must be at least 1 and --retries at least 0", file=sys.stderr)
         return 2
     if not args.no_redis and not os.access(args.redis_server, os.X_OK):
         print(f"redis-server not found at {args.redis_server} (use --redis-server PATH "
@@ -757,9 +903,28 @@ def main(argv: list | None = None) -> int:
         return 2
     if args.settle is None:
         args.settle = 5.0 if args.quick else 20.0
+    chosen = list(args.scenario or ([] if args.tls else PLAIN_SCENARIOS))
+    if args.tls:
+        chosen += TLS_SCENARIOS
+    cases = [case for name in SCENARIOS if name in chosen
+             for case in plan(args.quick, args.max_pending)[name]]
+    args.tls_files = None
+    if any(case.tls for case in cases):
+        try:
+            args.tls_files = TLSFiles(args.tls_key_type)
+        except ServerError as error:
+            print(f"{error}; or leave the TLS scenarios out (--scenario NAME)", file=sys.stderr)
+            return 2
+    try:
+        return run_all(args, argv, cases)
+    finally:
+        if args.tls_files is not None:
+            args.tls_files.close()
+
+
+def run_all(args, argv: list, cases: list) -> int:
+    """Run ``cases`` against every target; print the header, the table and the details."""
     targets = ["ours"] + ([] if args.no_redis else ["redis"])
-    chosen = args.scenario or list(SCENARIOS)
-    cases = [case for name in SCENARIOS if name in chosen for case in plan(args.quick)[name]]
     info = meta(args, argv)
     head = [
         "Chat server benchmark: ours vs Redis pub/sub, same load generator",
@@ -776,6 +941,15 @@ def main(argv: list | None = None) -> int:
     if not args.no_redis:
         head.append(f"redis:    {shlex.join(RedisServer(args.redis_server).command)} "
                     f"(port: a free one)")
+    tls = args.tls_files
+    if tls is not None:
+        head += [
+            f"tls:      {tls.describe}; {info['openssl']}",
+            f"ours/tls: {shlex.join(['python'] + ChatServer(args.server_arg, tls).command[1:])}",
+        ]
+        if not args.no_redis:
+            head.append(f"redis/tls: {shlex.join(RedisServer(args.redis_server, tls).command)}")
+        head.append("           (files in a temporary directory, removed after the run)")
     print("\n".join(head), flush=True)
     print(file=sys.stderr)
     results = []

@@ -5,7 +5,7 @@ separate process, once against our chat server and once against
 ``redis-server`` pub/sub, with the same arguments but ``--proto``:
 
     python tests/benchmarks/loadgen.py --proto chat|redis --port P \\
-        [--server-pid PID] [--hold] MODE [options]
+        [--server-pid PID] [--hold] [--tls [--tls-ca FILE]] MODE [options]
 
 and it prints one JSON object on stdout (``"ok": false`` and ``"error"``
 when a check failed or a wait timed out; exit status 1).  Modes:
@@ -39,6 +39,20 @@ when a check failed or a wait timed out; exit status 1).  Modes:
 ``ping``
     One connection, ``--warmup`` then ``--count`` sequential PING round
     trips (blocking socket, TCP_NODELAY); p50, p99 and p99.9 in microseconds.
+``handshakes``
+    ``--count`` new connections, ``--parallel`` in progress at once, each:
+    connect, TLS handshake (with ``--tls``), PING, PONG, close.  The rate,
+    the server's CPU per connection (schedstat), and each one's time from
+    connect to PONG.
+
+With ``--tls`` (fanout, connections, handshakes) every connection is
+wrapped in ``ssl``, non-blocking, verifying the server's certificate
+against ``--tls-ca`` and its name; every handshake is full (no session is
+offered back; one resumed all the same is an error).  A handshake, a read
+or a write that raises ``SSLWantReadError`` or ``SSLWantWriteError`` waits
+for that readiness and is tried again (a write with the same bytes); every
+TLS read goes on until the SSL object wants more from the kernel, since
+decrypted bytes left in it (``pending()``) are invisible to epoll.
 
 Measured windows: server CPU from ``/proc/PID/stat`` (utime + stime over
 SC_CLK_TCK, 10 ms resolution); the idle CPU of ``connections`` also from
@@ -70,6 +84,7 @@ import resource
 import select
 import selectors
 import socket
+import ssl
 import sys
 import time
 
@@ -303,52 +318,184 @@ def somaxconn() -> int:
         return socket.SOMAXCONN
 
 
-def open_clients(proto, addr, count: int, first: int = 0, login: bool = True,
-                 timeout: float = LOGIN_TIMEOUT, max_pending: int | None = None) -> tuple:
-    """``count`` connected (and, if ``login``, logged-in) non-blocking sockets.
+class ClientTLS:
+    """How the generator speaks TLS: a client context that trusts the run's private CA.
 
-    Pipelined: connects are started without waiting; each socket sends its
-    login at once (on loopback the handshake is usually complete when
-    ``connect`` returns; if not, as soon as the socket is writable), and
-    replies are collected as they arrive.  At most ``max_pending``
-    connections (default: the kernel's listen-backlog cap, somaxconn) are in
-    progress at once, so the server's accept queue never overflows: an
-    overflow drops the SYN, and the kernel's 1 s retransmission timer, not
-    the server, would then decide the login time.  Returns
-    ``(sockets, first_connect_ns, last_ok_ns)``.
+    Every connection verifies the server's certificate and name, and does a
+    full handshake: no session is ever offered back, so nothing is resumed.
+    """
+
+    def __init__(self, cafile: str, server_name: str) -> None:
+        self.context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+        self.server_name = server_name
+
+    def wrap(self, sock: socket.socket) -> ssl.SSLSocket:
+        return self.context.wrap_socket(
+            sock, server_hostname=self.server_name, do_handshake_on_connect=False)
+
+
+def tls_info(sock) -> dict:
+    """What a TLS connection negotiated (nothing for a plain socket)."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return {}
+    session = sock.session
+    return {
+        "tls_version": sock.version(),
+        "tls_cipher": (sock.cipher() or ("?",))[0],
+        "tls_session_ticket": bool(session is not None and session.has_ticket),
+    }
+
+
+def is_connected(sock: socket.socket) -> bool:
+    """Whether a non-blocking connect has completed (on loopback it often has at once)."""
+    try:
+        sock.getpeername()
+    except OSError as error:
+        if error.errno == errno.ENOTCONN:
+            return False
+        raise Failure(f"connect failed: {error}") from None
+    return True
+
+
+CONNECTING, HANDSHAKING, SENDING, READING = "connecting", "handshaking", "sending", "reading"
+
+
+class Dial:
+    """One connection on its way from ``connect`` to the reply to its first line."""
+
+    __slots__ = ("index", "sock", "stage", "line", "reply", "mask", "t0")
+
+    def __init__(self, index: int, sock, line: bytes | None) -> None:
+        self.index = index
+        self.sock = sock
+        self.line = line  # the first line to send (a login, a PING), or None: connect only
+        self.stage = CONNECTING
+        self.reply = b""
+        self.mask = 0  # 0: not on the epoll object
+        self.t0 = perf_ns()
+
+
+def since(d: Dial) -> str:
+    """Seconds since ``d``'s connect, for an error message (a server's handshake deadline shows)."""
+    return f"{(perf_ns() - d.t0) / 1e9:.1f}"
+
+
+def dial_many(addr, count: int, *, line_for, reply_done, reply_ok, on_ready,
+              tls: ClientTLS | None = None, timeout: float = LOGIN_TIMEOUT,
+              max_pending: int | None = None, purpose: str = "login",
+              what: str = "logged in") -> tuple:
+    """Open ``count`` connections, each up to the reply to its first line.
+
+    Pipelined: connects are started without waiting; each connection takes
+    its next step (TLS handshake, then its line) as soon as it can, and
+    replies are collected as they arrive.  At most ``max_pending`` are in
+    progress at once (default: the kernel's listen-backlog cap, somaxconn),
+    so the server's accept queue never overflows: an overflow drops the SYN,
+    and the kernel's 1 s retransmission timer, not the server, would then
+    decide the time.  ``line_for(i)`` gives connection ``i``'s line (None:
+    connect, and handshake, only); ``reply_done(buf)`` says the reply is
+    complete, ``reply_ok(buf)`` that it is right.  ``on_ready(dial)`` gets
+    each finished connection, off the epoll object.  Over TLS every read
+    goes on until the SSL object wants more from the kernel, so no decrypted
+    byte waits in it (``pending()``) unseen by epoll.  Returns
+    ``(first_connect_ns, last_ready_ns)``; closes every socket on failure.
     """
     if max_pending is None:
         max_pending = somaxconn()
     ep = select.epoll(min(count, max_pending) + 1)
-    socks: list = []
-    state: dict = {}  # fd -> [index, sock, received so far, still connecting]
+    made: list = []
+    dials: dict = {}  # fd -> Dial in progress
     deadline = time.monotonic() + timeout
     t_first = perf_ns()
     t_last = t_first
-    pending = 0
-    left = count
-    what = "logged in" if login else "connected"
+    done = 0
 
-    def send_login(entry) -> bool:
-        """Send the login line; False if the socket is not connected yet."""
-        i, sock = entry[0], entry[1]
-        line = proto.login(first + i)
-        try:
-            sent = sock.send(line)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError as error:
-            if error.errno == errno.ENOTCONN:
-                return False
-            raise Failure(f"connection #{i}: sending the login failed: {error}") from None
-        if sent != len(line):
-            raise Failure(f"connection #{i}: the login line did not fit the socket")
-        return True
+    def step(d: Dial) -> int | None:
+        """Take ``d`` as far as it goes now: the epoll event it waits for, or None when ready."""
+        sock = d.sock
+        while True:
+            stage = d.stage
+            if stage is CONNECTING:
+                return EPOLLOUT
+            if stage is HANDSHAKING:
+                try:
+                    sock.do_handshake()
+                except ssl.SSLWantReadError:
+                    return EPOLLIN
+                except ssl.SSLWantWriteError:
+                    return EPOLLOUT
+                except (OSError, ValueError) as error:
+                    raise Failure(f"connection #{d.index}: TLS handshake failed "
+                                  f"{since(d)} s after its connect: {error}") from None
+                if d.line is None:
+                    return None
+                d.stage = SENDING
+                continue
+            if stage is SENDING:
+                try:
+                    sent = sock.send(d.line)
+                except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+                    return EPOLLOUT
+                except ssl.SSLWantReadError:
+                    return EPOLLIN
+                except OSError as error:
+                    if error.errno == errno.ENOTCONN:  # plain: connect not finished yet
+                        d.stage = CONNECTING
+                        return EPOLLOUT
+                    raise Failure(f"connection #{d.index}: sending the {purpose} failed "
+                                  f"{since(d)} s after its connect: {error}") from None
+                if sent != len(d.line):
+                    raise Failure(f"connection #{d.index}: the {purpose} line did not fit the socket")
+                d.stage = READING
+                return EPOLLIN  # the reply cannot be there yet: wait for it
+            # READING
+            try:
+                data = sock.recv(4096)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                return EPOLLIN
+            except ssl.SSLWantWriteError:
+                return EPOLLOUT
+            except OSError as error:
+                raise Failure(f"connection #{d.index} failed during {purpose}, "
+                              f"{since(d)} s after its connect: {error}") from None
+            if not data:
+                raise Failure(
+                    f"connection #{d.index} closed by the server during {purpose}, "
+                    f"{since(d)} s after its connect (received {d.reply!r})"
+                )
+            d.reply += data
+            if tls is not None and sock.pending():
+                continue  # decrypted bytes wait in the SSL object: epoll would never say
+            if reply_done(d.reply):
+                if not reply_ok(d.reply):
+                    raise Failure(f"connection #{d.index}: unexpected {purpose} reply {d.reply[:200]!r}")
+                return None
+            if tls is None:
+                return EPOLLIN  # plain: one read per event
+            # TLS: read on until the SSL object wants more from the kernel
+
+    def advance(d: Dial) -> None:
+        nonlocal done, t_last
+        mask = step(d)
+        fd = d.sock.fileno()
+        if mask is None:
+            if d.mask:
+                ep.unregister(fd)
+            del dials[fd]
+            done += 1
+            t_last = perf_ns()
+            on_ready(d)
+        elif not d.mask:
+            ep.register(fd, mask)
+            d.mask = mask
+        elif mask != d.mask:
+            ep.modify(fd, mask)
+            d.mask = mask
 
     try:
-        while left:
-            while len(socks) < count and pending < max_pending:
-                i = len(socks)
+        while done < count:
+            while len(made) < count and len(dials) < max_pending:
+                i = len(made)
                 sock = new_socket()
                 err = sock.connect_ex(addr)
                 if err not in (0, errno.EINPROGRESS):
@@ -357,61 +504,71 @@ def open_clients(proto, addr, count: int, first: int = 0, login: bool = True,
                         f"connect #{i} of {count} to {addr[0]}:{addr[1]} failed: "
                         f"{os.strerror(err)}"
                     )
-                socks.append(sock)
-                fd = sock.fileno()
-                entry = state[fd] = [i, sock, b"", True]
-                pending += 1
-                if login and send_login(entry):
-                    entry[3] = False
-                    ep.register(fd, select.EPOLLIN)
-                else:
-                    ep.register(fd, select.EPOLLOUT)
+                d = Dial(i, sock, line_for(i))
+                made.append(d)
+                if tls is not None:
+                    if is_connected(sock):
+                        d.sock = tls.wrap(sock)
+                        d.stage = HANDSHAKING
+                elif d.line is not None:
+                    d.stage = SENDING  # on loopback the connect is usually done already
+                dials[d.sock.fileno()] = d
+                advance(d)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise Failure(f"only {count - left} of {count} connections {what} "
+                raise Failure(f"only {done} of {count} connections {what} "
                               f"within {timeout:.0f} s")
             for fd, _events in ep.poll(min(remaining, 1.0)):
-                entry = state[fd]
-                i, sock = entry[0], entry[1]
-                if entry[3]:  # connecting
-                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                d = dials[fd]
+                if d.stage is CONNECTING:
+                    err = d.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                     if err:
-                        raise Failure(f"connect #{i} failed: {os.strerror(err)}")
-                    if not login:
+                        raise Failure(f"connect #{d.index} failed: {os.strerror(err)}")
+                    if tls is not None:
+                        d.sock = tls.wrap(d.sock)  # the same descriptor
+                        d.stage = HANDSHAKING
+                    elif d.line is None:
+                        d.stage = READING  # connected is all it needed
+                        d.reply = b""
                         ep.unregister(fd)
-                        left -= 1
-                        pending -= 1
+                        del dials[fd]
+                        done += 1
                         t_last = perf_ns()
+                        on_ready(d)
                         continue
-                    if send_login(entry):
-                        entry[3] = False
-                        ep.modify(fd, select.EPOLLIN)
-                    continue
-                try:
-                    data = sock.recv(4096)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError as error:
-                    raise Failure(f"connection #{i} failed during login: {error}") from None
-                if not data:
-                    raise Failure(
-                        f"connection #{i} closed by the server during login "
-                        f"(received {entry[2]!r})"
-                    )
-                buf = entry[2] = entry[2] + data
-                if proto.login_done(buf):
-                    if not proto.login_ok(buf):
-                        raise Failure(f"connection #{i}: unexpected login reply {buf[:200]!r}")
-                    ep.unregister(fd)
-                    left -= 1
-                    pending -= 1
-                    t_last = perf_ns()
+                    else:
+                        d.stage = SENDING
+                advance(d)
     except BaseException:
-        for sock in socks:
-            sock.close()
+        for d in made:
+            d.sock.close()
         raise
     finally:
         ep.close()
+    return t_first, t_last
+
+
+def open_clients(proto, addr, count: int, first: int = 0, login: bool = True,
+                 timeout: float = LOGIN_TIMEOUT, max_pending: int | None = None,
+                 tls: ClientTLS | None = None) -> tuple:
+    """``count`` connected (and, if ``login``, logged-in) non-blocking sockets.
+
+    Each connection is connected (over TLS: and its handshake done), then
+    sends its login at once and waits for the reply; see ``dial_many``.
+    Returns ``(sockets, first_connect_ns, last_ok_ns)``.
+    """
+    socks: list = [None] * count
+
+    def keep(d: Dial) -> None:
+        socks[d.index] = d.sock
+
+    t_first, t_last = dial_many(
+        addr, count,
+        line_for=(lambda i: proto.login(first + i)) if login else (lambda i: None),
+        reply_done=proto.login_done, reply_ok=proto.login_ok, on_ready=keep, tls=tls,
+        timeout=timeout, max_pending=max_pending,
+        what="logged in" if login else ("connected" if tls is None else "connected over TLS"),
+    )
     return socks, t_first, t_last
 
 
@@ -496,7 +653,7 @@ class Peer:
     """
 
     __slots__ = ("sock", "fd", "index", "receiver", "buf", "view", "pos", "parsed",
-                 "got", "expect", "out", "off", "mask")
+                 "got", "expect", "out", "off", "mask", "tls")
 
     def __init__(self, sock, index, receiver, expect=0):
         self.sock = sock
@@ -512,6 +669,7 @@ class Peer:
         self.out = None  # what is left to send
         self.off = 0
         self.mask = 0
+        self.tls = isinstance(sock, ssl.SSLSocket)
 
     def allocate(self, size: int) -> None:
         # b"\0" * n writes every byte: the pages are mapped now, not mid-run.
@@ -578,16 +736,19 @@ class Room:
 
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
+WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+"""A non-blocking socket's "not now", plain or TLS (``ssl`` raises its own)."""
 READABLE = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP
 
 
-def build_room(proto, addr, clients: int, senders: int, messages: int):
+def build_room(proto, addr, clients: int, senders: int, messages: int,
+               tls: ClientTLS | None = None):
     """Log everyone in; return (receivers, senders, login seconds).
 
     Each receiver's buffer is sized for exactly what it should get, plus one
     read of slack so that extra deliveries are caught and reported.
     """
-    socks, t0, t1 = open_clients(proto, addr, clients)
+    socks, t0, t1 = open_clients(proto, addr, clients, tls=tls)
     receivers = []
     sending = []
     if proto is Chat:
@@ -600,7 +761,7 @@ def build_room(proto, addr, clients: int, senders: int, messages: int):
     else:
         for i, sock in enumerate(socks):
             receivers.append(Peer(sock, i, True, senders * messages))
-        pubs, _, _ = open_clients(proto, addr, senders, login=False)
+        pubs, _, _ = open_clients(proto, addr, senders, login=False, tls=tls)
         for k, sock in enumerate(pubs):
             peer = Peer(sock, k, False, messages)
             peer.allocate(messages * len(b":%d\r\n" % clients))
@@ -654,7 +815,7 @@ def receive(peer: Peer) -> int:
         )
     try:
         n = peer.sock.recv_into(peer.view[pos : pos + RECV_SIZE])
-    except (BlockingIOError, InterruptedError):
+    except WOULD_BLOCK:
         return 0
     except OSError as error:
         raise Failure(f"{peer.describe()}: {error}") from None
@@ -664,7 +825,44 @@ def receive(peer: Peer) -> int:
             f"{'deliveries' if peer.receiver else 'replies'}"
         )
     peer.pos = pos + n
+    if peer.tls:
+        n += receive_more_tls(peer)
     return n
+
+
+def receive_more_tls(peer: Peer) -> int:
+    """After a TLS read: read on until the SSL object wants more from the kernel.
+
+    One ``recv_into`` returns at most one TLS record (16 KiB); the next
+    records may already be in the kernel (epoll would say so) or, decrypted,
+    inside the SSL object, where epoll never looks (``pending()``).  Reading
+    until ``SSLWantReadError`` leaves neither behind and costs one epoll
+    turn per burst, not per record.
+    """
+    sock = peer.sock
+    total = 0
+    while True:
+        pos = peer.pos
+        if pos >= len(peer.buf):
+            if not sock.pending():
+                return total  # full, and nothing decrypted waits: the next read will say
+            raise Failure(
+                f"{peer.describe()} received more bytes than expected ({pos}): "
+                f"extra or duplicated deliveries"
+            )
+        try:
+            n = sock.recv_into(peer.view[pos : pos + RECV_SIZE])
+        except WOULD_BLOCK:
+            return total
+        except OSError as error:
+            raise Failure(f"{peer.describe()}: {error}") from None
+        if not n:
+            raise Failure(
+                f"{peer.describe()}: the server closed the connection after {peer.got} "
+                f"{'deliveries' if peer.receiver else 'replies'} (and {total} more bytes)"
+            )
+        peer.pos = pos + n
+        total += n
 
 
 def read_into(peer: Peer, marker: bytes) -> int:
@@ -685,7 +883,7 @@ def read_into(peer: Peer, marker: bytes) -> int:
 def run_fanout(proto, addr, args) -> dict:
     clients, senders, messages = args.clients, args.senders, args.messages
     raise_nofile(clients + senders + 64)
-    receivers, sending, login_s = build_room(proto, addr, clients, senders, messages)
+    receivers, sending, login_s = build_room(proto, addr, clients, senders, messages, args.tls)
     for peer in sending:
         peer.out = memoryview(b"".join(proto.message(peer.index, n) for n in range(messages)))
     room = Room(receivers, sending)
@@ -720,7 +918,7 @@ def run_fanout(proto, addr, args) -> dict:
             if ev & EPOLLOUT:
                 try:
                     sent = peer.sock.send(peer.out[peer.off : peer.off + SEND_CHUNK])
-                except (BlockingIOError, InterruptedError):
+                except WOULD_BLOCK:  # TLS: the next try passes the same bytes, as it must
                     sent = 0
                 except OSError as error:
                     raise Failure(f"sender #{peer.index}: {error}") from None
@@ -743,6 +941,7 @@ def run_fanout(proto, addr, args) -> dict:
     room.keep()
     return {
         "mode": "fanout",
+        **tls_info(receivers[0].sock),
         "clients": clients,
         "senders": senders,
         "messages": messages,
@@ -946,7 +1145,7 @@ def run_connections(proto, addr, args) -> dict:
     rss0 = server_rss_kib(pid)
     window = Window(pid)
     window.start()
-    socks, t_first, t_last = open_clients(proto, addr, n)
+    socks, t_first, t_last = open_clients(proto, addr, n, tls=args.tls, max_pending=args.max_pending)
     login = window.stop(t_last)
     KEEP.extend(socks)
     rss1 = server_rss_kib(pid)
@@ -964,6 +1163,10 @@ def run_connections(proto, addr, args) -> dict:
     ready = sel.select(0)
     sel.close()
     errors = []
+    waiting = [i for i, sock in enumerate(socks) if args.tls and sock.pending()]
+    if waiting:
+        errors.append(f"{len(waiting)} idle TLS connections hold decrypted bytes nobody read "
+                      f"(connection #{waiting[0]} first)")
     if ready:
         key, _ = ready[0]
         try:
@@ -976,7 +1179,9 @@ def run_connections(proto, addr, args) -> dict:
         )
     return {
         "mode": "connections",
+        **tls_info(socks[0]),
         "clients": n,
+        "max_pending": args.max_pending or somaxconn(),
         "login_s": (t_last - t_first) / 1e9,
         "logins_per_s": n / ((t_last - t_first) / 1e9),
         "login_server_cpu_s": login["server_cpu_s"],
@@ -1065,6 +1270,79 @@ def run_ping(proto, addr, args) -> dict:
     }
 
 
+# -- handshakes ------------------------------------------------------------------
+
+
+def run_handshakes(proto, addr, args) -> dict:
+    """``--count`` new connections, ``--parallel`` at a time: connect, TLS handshake, PING, PONG, close.
+
+    Every handshake is full: the generator never offers a session back, and
+    a connection whose session was resumed all the same is an error.  The
+    PONG shows the server finished its side of the handshake (in TLS 1.3 the
+    client is done first) and serves the connection.  The clock runs from
+    the first connect to the last PONG; ``--warmup`` connections go first,
+    untimed.
+    """
+    raise_nofile(args.parallel + 64)
+    tls = args.tls
+    durations: list = []
+    reused: list = []
+    info: dict = {}
+
+    def ready(d: Dial) -> None:
+        durations.append(perf_ns() - d.t0)
+        if tls is not None:
+            if d.sock.session_reused:
+                reused.append(d.index)
+            if not info:
+                info.update(tls_info(d.sock))
+        d.sock.close()
+
+    pong = proto.pong
+    dial = dict(
+        line_for=lambda i: proto.ping,
+        reply_done=lambda buf: len(buf) >= len(pong) or not pong.startswith(buf),
+        reply_ok=lambda buf: buf == pong,
+        on_ready=ready, tls=tls, max_pending=args.parallel, purpose="PING",
+        what="answered PING" if tls is None else "answered PING after a TLS handshake",
+    )
+    if args.warmup:
+        dial_many(addr, args.warmup, **dial)
+    durations.clear()
+    window = Window(args.server_pid)
+    ns0 = server_cpu_ns(args.server_pid)
+    window.start()
+    _, t_last = dial_many(addr, args.count, **dial)
+    measured = window.stop(t_last)
+    ns1 = server_cpu_ns(args.server_pid)
+    server_s = None if ns0 is None else (ns1 - ns0) / 1e9
+    durations.sort()
+    ms = 1e6
+    errors = []
+    if reused:
+        errors.append(f"{len(reused)} of {args.count} TLS sessions were resumed, not new "
+                      f"(connection #{reused[0]} first)")
+    return {
+        "mode": "handshakes",
+        **info,
+        "count": args.count,
+        "warmup": args.warmup,
+        "parallel": args.parallel,
+        "handshakes_per_s": args.count / measured["window_s"],
+        # what the server spent on each (schedstat, ns): its capacity on one
+        # core, whether or not the generator kept it busy
+        "server_cpu_precise_s": server_s,
+        "server_ms_per_handshake": None if server_s is None else server_s * 1e3 / args.count,
+        "handshakes_per_server_cpu_s": args.count / server_s if server_s else None,
+        "p50_ms": percentile(durations, 0.50) / ms,
+        "p99_ms": percentile(durations, 0.99) / ms,
+        "max_ms": durations[-1] / ms,
+        "resumed": len(reused),
+        **measured,
+        "errors": errors,
+    }
+
+
 # -- command line ----------------------------------------------------------------
 
 MODES = {
@@ -1072,7 +1350,10 @@ MODES = {
     "latency": run_latency,
     "connections": run_connections,
     "ping": run_ping,
+    "handshakes": run_handshakes,
 }
+TLS_MODES = ("fanout", "connections", "handshakes")
+"""The modes that can run over TLS (``--tls``); latency and ping speak plain TCP only."""
 
 
 def _positive(text: str) -> float:
@@ -1093,6 +1374,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="server process to read CPU and memory of, from /proc")
     parser.add_argument("--hold", action="store_true",
                         help="after printing, keep the connections until stdin closes")
+    parser.add_argument("--tls", action="store_true",
+                        help=f"speak TLS, verifying the server's certificate ({', '.join(TLS_MODES)})")
+    parser.add_argument("--tls-ca", metavar="FILE",
+                        help="with --tls: the CA certificate to trust (PEM); default: the system's")
+    parser.add_argument("--tls-name", metavar="NAME",
+                        help="with --tls: the name the certificate must carry (default: --host)")
     modes = parser.add_subparsers(dest="mode", required=True)
     fanout = modes.add_parser("fanout", help="deliveries per second")
     fanout.add_argument("--clients", type=int, default=100)
@@ -1114,9 +1401,16 @@ def build_parser() -> argparse.ArgumentParser:
     conns = modes.add_parser("connections", help="login time, memory and idle CPU")
     conns.add_argument("--clients", type=int, default=5000)
     conns.add_argument("--idle", type=float, default=10.0, help="seconds to sit idle")
+    conns.add_argument("--max-pending", type=int, default=None, metavar="N",
+                       help="connections in progress (connecting, in their handshake, logging in) "
+                            "at once; default: the kernel's somaxconn")
     ping = modes.add_parser("ping", help="sequential PING round trips")
     ping.add_argument("--count", type=int, default=20000)
     ping.add_argument("--warmup", type=int, default=2000)
+    shakes = modes.add_parser("handshakes", help="new connections per second: connect, (TLS), PING, close")
+    shakes.add_argument("--count", type=int, default=2000)
+    shakes.add_argument("--warmup", type=int, default=100)
+    shakes.add_argument("--parallel", type=int, default=8, help="connections in progress at once")
     return parser
 
 
@@ -1136,9 +1430,15 @@ def hold() -> None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.tls and args.mode not in TLS_MODES:
+        parser.error(f"--tls works with {', '.join(TLS_MODES)}, not {args.mode}")
+    if (args.tls_ca or args.tls_name) and not args.tls:
+        parser.error("--tls-ca and --tls-name need --tls")
     proto = PROTOCOLS[args.proto]
     addr = (args.host, args.port)
+    args.tls = ClientTLS(args.tls_ca, args.tls_name or args.host) if args.tls else None
     try:
         result = MODES[args.mode](proto, addr, args)
         result["ok"] = not result.get("errors")
