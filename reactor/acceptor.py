@@ -9,12 +9,17 @@ from ending (the rest wait in the listen queue, where TCP keeps them), and
 hands each new socket to the loop, saying whether it came from a TLS
 listener (the loop wraps those in TLS, ``reactor.tls``).
 
-Two guards keep accepting from hurting anybody:
+Three guards keep accepting from hurting anybody:
 
 - *Out of file descriptors* (EMFILE, ENFILE, ...): the pending connection
   stays in the listen queue, so the listener stays readable, and a loop
   that simply tried again would spin at full CPU.  Accepting pauses instead
   (the listeners are unregistered) for ``ACCEPT_RETRY`` seconds, on a timer.
+- *Handshakes behind* (TLS): while the loop has more TLS handshakes with
+  input waiting than it got to this turn (``HANDSHAKES_BEHIND`` in the
+  loop), it holds the TLS listeners, so a burst of thousands of TLS clients
+  waits in the listen queue, where the kernel completes their TCP
+  handshakes and their handshake deadline has not started.
 - *The socket limit*: the machine refuses clients past ``--max-clients``
   with ``ERR server-full``, but each refusal still holds a socket until its
   line is flushed.  Past ``--max-clients`` plus a small margin, a new
@@ -54,7 +59,7 @@ _ERR_SERVER_FULL = wire.error("server-full")
 
 
 class Acceptor:
-    """The listening sockets, and the two guards on accepting."""
+    """The listening sockets, and the guards on accepting."""
 
     def __init__(
         self,
@@ -77,6 +82,7 @@ class Acceptor:
         self._open_connection = open_connection
         self._resume_timer = CallbackTimer(self.start)
         self._accepting = False
+        self._tls_held = False  # TLS listeners unwatched: the loop is behind on handshakes
         for listener in self._listeners:
             listener.setblocking(False)
 
@@ -94,20 +100,43 @@ class Acceptor:
         """Watch the listeners (again)."""
         if not self._accepting and self._listeners:
             for listener in self._listeners:
-                self._selector.register(listener, selectors.EVENT_READ, LISTENER)
+                if not (self._tls_held and listener in self._tls_listeners):
+                    self._selector.register(listener, selectors.EVENT_READ, LISTENER)
             self._accepting = True
 
     def stop(self) -> None:
         """Stop watching the listeners; connections wait in the listen queues."""
         if self._accepting:
             for listener in self._listeners:
-                self._selector.unregister(listener)
+                if not (self._tls_held and listener in self._tls_listeners):
+                    self._selector.unregister(listener)
             self._accepting = False
+
+    def hold_tls(self) -> None:
+        """Too many TLS handshakes at once: the next clients wait in the TLS listen queues."""
+        if not self._tls_held:
+            if self._accepting:
+                for listener in self._tls_listeners:
+                    self._selector.unregister(listener)
+            self._tls_held = True
+
+    def release_tls(self) -> None:
+        """Handshakes finished: take TLS clients again."""
+        if self._tls_held:
+            self._tls_held = False
+            if self._accepting:
+                for listener in self._tls_listeners:
+                    self._selector.register(listener, selectors.EVENT_READ, LISTENER)
+
+    @property
+    def tls_held(self) -> bool:
+        return self._tls_held
 
     def close(self) -> None:
         """Stop for good: close the listening sockets."""
         self._resume_timer.cancel()
         self.stop()
+        self._tls_held = False
         listeners, self._listeners, self._tls_listeners = self._listeners, [], []
         for listener in listeners:
             listener.close()
@@ -132,6 +161,8 @@ class Acceptor:
             if self._has_room():
                 self._counters.accepted += 1
                 self._open_connection(sock, peer, listener in self._tls_listeners)
+                if self._tls_held:
+                    return  # the loop is behind on handshakes: the rest wait in the queue
             else:
                 self._refuse_at_once(sock, peer)
 

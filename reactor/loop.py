@@ -39,12 +39,15 @@ misbehave at once, so each kind of work in a turn is bounded:
 - per connection: one read, an equal share of ``WORK_PER_TURN`` lines (all
   of it when it is alone, never under ``MIN_SHARE``), and no more commands
   once its unsent replies pass ``--max-output`` (the rest waits, parsed);
-- per turn: reading stops once the turn has spent ``READ_BUDGET`` seconds,
-  and ``TIMERS_PER_TURN`` timers are handled at most, idle deadlines aside
+- per turn: reading stops once the turn has spent ``READ_BUDGET`` seconds
+  (after one connection at least), and ``TIMERS_PER_TURN`` timers are handled at most, idle deadlines aside
   (all of a turn's leave together, as one departure, and a storm of them
   gathers for ``IDLE_STORM_WINDOW`` first).  Whatever was put
   off is served first in the next turn, in order (round robin, so nobody
-  starves), and the loop does not sleep while anything waits.
+  starves), and the loop does not sleep while anything waits.  TLS
+  handshakes with input take turns with the chat connections, oldest
+  first, and while too many are put off new TLS clients wait in the
+  listen queue (``HANDSHAKES_BEHIND``).
 
 Backpressure.  Reading from a connection stops (its read interest is
 dropped) while input it sent waits to be handled, while its unsent output is
@@ -131,6 +134,14 @@ SHUTDOWN_TIMEOUT = 2.0
 """How long the server flushes at shutdown before closing everything."""
 TICK = 0.1
 """The timer wheel's resolution: timers fire at most this late."""
+HANDSHAKES_BEHIND = 128
+"""TLS handshakes with input put off to the next turn at which TLS accepting pauses.
+
+The loop is behind on handshake work (each costs the CPU a signature or a key
+exchange): new TLS clients wait in the kernel's listen queue, where their
+handshake deadline has not started, until the put-off handshakes are below
+half of this.  Stalled handshakes, which send nothing, never count.
+"""
 SOCKET_MARGIN = 16
 """Client sockets allowed beyond ``--max-clients`` (refusals still flushing, closes lingering)."""
 MAX_SLEEP: float | None = 1.0 if sys.platform == "win32" else None
@@ -193,6 +204,7 @@ class Reactor:
         self._tls_context: ssl.SSLContext | None = None
         self._not_now: tuple[type[BaseException], ...] = (BlockingIOError, InterruptedError)
         self._tls_buffered: list[Connection] = []  # TLS input the selector cannot see
+        self._handshakes: dict[Connection, None] = {}  # TLS handshakes in progress, oldest first
         if tls_context is not None:
             self.set_tls_context(tls_context)
         self._closer = Closer(self._wheel, self._turn_log, self._forget, config.max_output)
@@ -344,9 +356,10 @@ class Reactor:
             buffered=self._tls_buffered,
         )
         self._connections.add(conn)
+        self._handshakes[conn] = None
         conn.close_timer = CloseTimer(conn)
         self._wheel.schedule(conn.close_timer, self._now + HANDSHAKE_TIMEOUT)
-        self._handshake(conn)
+        conn.update_interest(self._max_output)  # the first step waits for its turn, within the budget
         return conn
 
     def _handshake(self, conn: Connection) -> None:
@@ -359,6 +372,7 @@ class Reactor:
             return
         if done:
             conn.close_timer.cancel()  # type: ignore[union-attr]
+            del self._handshakes[conn]
             self._open(conn)
         conn.update_interest(self._max_output)
 
@@ -500,6 +514,8 @@ class Reactor:
             self._backlog.update(dict.fromkeys(self._tls_buffered))
             self._tls_buffered.clear()
         if not self._backlog and len(readable) == 1:  # the usual turn: one connection, nothing left over
+            if self._acceptor.tls_held:
+                self._acceptor.release_tls()  # nothing was put off: the loop has caught up
             self._work_share = WORK_PER_TURN
             conn = readable[0]
             if conn.phase is OPEN:
@@ -512,14 +528,46 @@ class Reactor:
         self._work_share = max(MIN_SHARE, WORK_PER_TURN // max(1, len(backlog) + len(readable)))
         stop_at = self._now + READ_BUDGET
         clock = self._clock
-        for conn in itertools.chain(backlog, [conn for conn in readable if conn not in backlog]):
-            if put_off or clock() >= stop_at:
-                put_off[conn] = None  # over budget: everybody left waits for the next turn
+        candidates = list(itertools.chain(backlog, [conn for conn in readable if conn not in backlog]))
+        if self._handshakes:
+            candidates = self._handshakes_oldest_first(candidates)
+        over_budget = False  # checked after each, so every turn serves at least one
+        for conn in candidates:
+            if over_budget:
+                put_off[conn] = None  # everybody left waits for the next turn
             else:
                 self._serve(conn)
+                over_budget = clock() >= stop_at
         if put_off:  # first in the next turn, before those served in this one
             put_off.update(self._backlog)
             self._backlog = put_off
+        if self._handshakes or self._acceptor.tls_held:
+            self._pace_tls_accepting()
+
+    def _handshakes_oldest_first(self, candidates: list[Connection]) -> list[Connection]:
+        """The turn's order when handshakes are ready: chat and handshakes in turn, oldest handshake first.
+
+        Oldest first, a burst of TLS clients finishes one by one (a client's
+        second flight goes before a newer client's first) instead of every
+        handshake advancing in lockstep and all finishing as late as the
+        last; alternating, neither a burst of handshakes nor a busy room
+        starves the other of the read budget.
+        """
+        ready = {conn for conn in candidates if conn.phase is HANDSHAKING}
+        if not ready:
+            return candidates
+        chat = [conn for conn in candidates if conn not in ready]
+        shaking = [conn for conn in self._handshakes if conn in ready]
+        both = itertools.chain.from_iterable(itertools.zip_longest(chat, shaking))
+        return [conn for conn in both if conn is not None]
+
+    def _pace_tls_accepting(self) -> None:
+        """Pause accepting TLS clients while the loop is behind on handshakes; see ``HANDSHAKES_BEHIND``."""
+        behind = sum(1 for conn in self._backlog if conn.phase is HANDSHAKING) if self._backlog else 0
+        if behind >= HANDSHAKES_BEHIND:
+            self._acceptor.hold_tls()
+        elif behind < HANDSHAKES_BEHIND // 2:
+            self._acceptor.release_tls()
 
     def _serve(self, conn: Connection) -> None:
         """Whatever ``conn`` can go on with: its handshake, input that waited, or a read."""
@@ -900,6 +948,7 @@ class Reactor:
     def _forget(self, conn: Connection) -> None:
         """The closer closed ``conn``: it is no longer one of ours."""
         self._connections.discard(conn)
+        self._handshakes.pop(conn, None)
         self._backlog.pop(conn, None)
         self._bytes_out_closed += conn.written
 

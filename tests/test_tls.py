@@ -16,15 +16,18 @@ import ssl
 import struct
 import subprocess
 import sys
+import time
 import warnings
 
 import pytest
 import seed
 import trustme
-from loopharness import LoopHarness
+from loopharness import FakeClock, LoopHarness
 from netutil import ROOT, Client, TLSClient, login, server_process, threaded_server
 from tools import ProcessClient, require
 
+from reactor import loop as loop_module
+from reactor.config import Config
 from reactor.connection import CLOSED, HANDSHAKING, OPEN
 from reactor.logs import LOGGER_NAME
 from reactor.loop import TICK
@@ -238,6 +241,92 @@ def test_500_stalled_handshakes_do_not_stop_a_healthy_client(tls_server, certs):
     finally:
         for sock in stalled:
             sock.close()
+
+
+class HandshakingClient:
+    """A TLS client on a socket pair, stepped by hand between the loop's turns."""
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
+        sock.setblocking(False)
+        self.sock = context.wrap_socket(sock, server_hostname="localhost", do_handshake_on_connect=False)
+        self.done = False
+
+    def step(self) -> None:
+        if not self.done:
+            try:
+                self.sock.do_handshake()
+                self.done = True
+            except ssl.SSLWantReadError:
+                pass
+
+
+def test_a_burst_of_handshakes_finishes_oldest_first(certs, monkeypatch):
+    # One connection served per turn (a zero read budget): the first client's
+    # second flight must go before the later clients' first flights, so it
+    # opens in two turns, not after everybody's ClientHello (lockstep).
+    monkeypatch.setattr(loop_module, "READ_BUDGET", 0.0)
+    loop = LoopHarness()
+    try:
+        loop.reactor.set_tls_context(certs.server_context())
+        context = certs.client_context()
+        servers, clients = [], []
+        for number in range(4):
+            server_end, client_end = socket.socketpair()
+            servers.append(loop.reactor.adopt(server_end, ("pair", number), tls=True))
+            clients.append(HandshakingClient(client_end, context))
+        opened_at: dict[int, int] = {}
+        for turn in range(1, 13):
+            for client in clients:
+                client.step()
+            loop.turn()
+            for number, conn in enumerate(servers):
+                if conn.phase is OPEN:
+                    opened_at.setdefault(number, turn)
+        assert opened_at == {0: 2, 1: 4, 2: 6, 3: 8}
+    finally:
+        loop.close()
+
+
+def test_tls_accepting_pauses_while_the_loop_is_behind_on_handshakes(certs, monkeypatch):
+    monkeypatch.setattr(loop_module, "READ_BUDGET", 0.0)  # one handshake step per turn
+    monkeypatch.setattr(loop_module, "HANDSHAKES_BEHIND", 4)
+    tls_listener = socket.create_server(("127.0.0.1", 0))
+    plain_listener = socket.create_server(("127.0.0.1", 0))
+    reactor = loop_module.Reactor(
+        [plain_listener], Config(host="127.0.0.1", port=0), clock=FakeClock(),
+        tls_listeners=[tls_listener], tls_context=certs.server_context(),
+    )
+    context = certs.client_context()
+    clients = []
+    try:
+        for _ in range(8):
+            clients.append(HandshakingClient(socket.create_connection(tls_listener.getsockname()), context))
+        for client in clients:
+            client.step()  # each ClientHello is on its way
+        connections = []
+        deadline = time.monotonic() + 10
+        while len(connections) < 5 and time.monotonic() < deadline:  # each turn serves one of 8 waiting
+            reactor.run_once()
+            connections.append(reactor.stats().connections)
+        # All 8 accepted at once, then 7 put off (4 or more): no more accepting...
+        late = HandshakingClient(socket.create_connection(tls_listener.getsockname()), context)
+        late.step()
+        plain = Client(plain_listener.getsockname()[1])  # ...from the TLS listeners only
+        for _ in range(3):
+            reactor.run_once()
+        assert reactor.stats().connections == 9  # 8 TLS and the plaintext one, not the late TLS one
+        for _ in range(200):  # the handshakes finish, then the late client is taken
+            for client in [*clients, late]:
+                client.step()
+            reactor.run_once()
+            if late.done:
+                break
+        assert late.done and all(client.done for client in clients)
+        plain.close()
+    finally:
+        for client in clients:
+            client.sock.close()
+        reactor.close()
 
 
 # -- every guarantee over TLS -------------------------------------------------------------
