@@ -1,0 +1,493 @@
+"""Cluster mode for real: ``python -m reactor --cluster redis://...`` nodes on a real ``redis-server``.
+
+Every test starts its own Redis (tests/redisutil.py) and its own node
+processes (netutil.cluster_processes), and plays what the spec
+(shared/spec/cluster.md) promises through raw TCP clients: one chat
+across nodes, one winner of a name race, a dead node's users reported
+within the lease, and the engine's failures (restarted, gone, paused)
+costing a delay, never a line.  Every wait is bounded; timing figures the
+spec states (the lease) are asserted with their margin, the others
+(stalls, memory) are printed for docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+import seed
+from loopharness import FakeClock, NeverSleeps, Peer
+from netutil import Client, cluster_processes, cluster_settings, login
+from redisutil import redis_servers
+
+from protocol.cluster import Phase
+from reactor.cluster import ClusterDriver
+from reactor.config import Config
+from reactor.engine import LinkState
+from reactor.loop import Reactor
+
+
+@pytest.fixture
+def redis(tmp_path):
+    """``redis(**options)`` starts a ``RedisServer`` for this test; all are killed at the end."""
+    with redis_servers(tmp_path) as make:
+        yield make
+
+
+def clean_exit(nodes, *clients: Client) -> None:
+    """The clients hang up, then SIGTERM: every node leaves the cluster and exits 0, no traceback."""
+    for client in clients:
+        client.close()
+    for node in nodes:
+        status, _, err = node.stop()
+        assert status == 0 and b"Traceback" not in err, err.decode(errors="replace")
+
+
+def lines_before_pong(client: Client) -> list[bytes]:
+    """PING, and the lines that arrive before its PONG."""
+    client.say("PING")
+    lines = []
+    while (line := client.line()) != b"PONG":
+        lines.append(line)
+    return lines
+
+
+def keep_active_until_closed(
+    leaver: Client, active: list[Client], timeout: float = 10.0
+) -> tuple[bytes, list[list[bytes]]]:
+    """What ``leaver`` gets until the server closes it, while the ``active`` clients PING.
+
+    Also returns what each active client received meanwhile, besides its PONGs.
+    """
+    deadline = time.monotonic() + timeout
+    data = b""
+    received: list[list[bytes]] = [[] for _ in active]
+    while time.monotonic() < deadline:
+        for client, lines in zip(active, received, strict=True):
+            lines += lines_before_pong(client)
+        leaver.sock.settimeout(0.2)
+        try:
+            chunk = leaver.sock.recv(65536)
+        except TimeoutError:
+            continue
+        if not chunk:
+            return data, received
+        data += chunk
+    raise AssertionError(f"still open after {timeout} s (got {data!r})")
+
+
+# -- one chat across nodes ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("session", seed.SESSIONS, ids=seed.session_name)
+def test_the_seed_sessions_with_the_terminals_on_two_nodes(redis, session):
+    """Naman (alice) on node 1, Yudi (bob) on node 2: the README's transcripts, byte for byte."""
+    with cluster_processes(redis().url(), 2) as nodes:
+        seed.play(session, lambda: Client(nodes.port))
+        clean_exit(nodes)
+
+
+def test_who_and_dm_across_nodes(redis):
+    with cluster_processes(redis().url(), 2) as nodes:
+        naman = login(nodes[0].port, "Naman")
+        yudi = login(nodes[1].port, "Yudi")
+        ana = login(nodes[0].port, "Ana")
+        for asker in (naman, yudi, ana):
+            asker.say("WHO")
+            asker.expect("USER Naman", "USER Yudi", "USER Ana")  # login order, cluster-wide
+        naman.say("DM yudi across")  # the name's key, as protocol.md compares them
+        yudi.expect("DM Naman across")
+        yudi.say("DM Ana back", "DM nobody hello")
+        ana.expect("DM Yudi back")
+        yudi.expect("ERR user-not-found")
+        taken = Client(nodes[1].port)
+        taken.say("LOGIN NAMAN")
+        taken.expect("ERR username-taken")
+        for client in (naman, yudi, ana, taken):
+            client.sync()  # nothing else arrived
+        clean_exit(nodes, naman, yudi, ana, taken)
+
+
+@pytest.mark.parametrize("how", ["quit", "idle-timeout", "end-of-stream"])
+def test_info_across_nodes_when_a_user_leaves(redis, how):
+    with cluster_processes(redis().url(), 2, "--idle-timeout", "1") as nodes:
+        watchers = [login(nodes[0].port, "w1"), login(nodes[1].port, "w2")]
+        leaver = login(nodes[1].port, "leaver")
+        watchers[0].say("MSG hello")
+        watchers[1].expect("MSG w1 hello")
+        leaver.expect("MSG w1 hello")
+        received: list[list[bytes]] = [[], []]
+        if how == "quit":
+            leaver.say("QUIT")
+            leaver.expect("Goodbye!")
+            assert leaver.read_until_closed() == b""
+        elif how == "idle-timeout":
+            data, received = keep_active_until_closed(leaver, watchers)
+            assert data == b"ERR idle-timeout\n"
+        else:
+            leaver.send(b"MSG last words\nMSG unfinished")
+            leaver.half_close()
+            for watcher in watchers:
+                watcher.expect("MSG leaver last words")
+        for watcher, lines in zip(watchers, received, strict=True):
+            # The INFO comes once: while the watchers kept busy (idle timeout), or now.
+            assert (lines or [watcher.line()]) == [b"INFO leaver disconnected"]
+            watcher.say("WHO")
+            watcher.expect("USER w1", "USER w2")
+            watcher.sync()
+        clean_exit(nodes, leaver, *watchers)
+
+
+def test_a_hundred_connections_on_three_nodes_race_for_one_name(redis):
+    with cluster_processes(redis().url(), 3) as nodes:
+        racers = [Client(nodes.port) for _ in range(100)]
+        for racer in racers:
+            racer.sync()  # every one is accepted and served: the race starts now
+        for racer in racers:
+            racer.say("LOGIN Naman")
+        replies = [racer.line() for racer in racers]
+        assert replies.count(b"OK") == 1
+        assert replies.count(b"ERR username-taken") == 99
+        winner = racers[replies.index(b"OK")]
+        for racer in racers:
+            racer.say("WHO")
+            racer.expect("USER Naman") if racer is winner else racer.expect("ERR not-logged-in")
+        clean_exit(nodes, *racers)
+
+
+LEASE = 2.0
+"""A short ``--cluster-lease`` for the failure tests: a dead node's users are reported within it."""
+
+
+def test_a_killed_node_s_users_are_reported_within_the_lease_and_their_names_freed(redis):
+    with cluster_processes(redis().url(), 2, "--cluster-lease", str(LEASE)) as nodes:
+        doomed = [login(nodes[0].port, f"doomed{i}") for i in range(50)]
+        others = [login(nodes[1].port, f"other{i}") for i in range(5)]
+        for other in others:
+            other.sync()
+        killed_at = time.monotonic()
+        nodes[0].process.kill()  # SIGKILL: no goodbye
+        expected = [f"INFO doomed{i} disconnected".encode() for i in range(50)]
+        for other in others:
+            got = [other.line(timeout=LEASE + 1 - (time.monotonic() - killed_at)) for _ in expected]
+            assert got == expected  # every one, once, in login order
+        late = time.monotonic() - killed_at
+        print(f"the last INFO came {late:.2f} s after the kill (lease {LEASE:g} s)")
+        assert late <= LEASE + 1
+        for other in others:
+            other.sync()  # nothing more
+        heir = login(nodes[1].port, "doomed7")  # the names are free
+        heir.say("WHO")
+        heir.expect(*[f"USER other{i}" for i in range(5)], "USER doomed7")
+        for client in doomed:
+            client.close()
+        clean_exit(nodes[1:], heir, *others)
+
+
+class Receiver(threading.Thread):
+    """Reads one client's lines in the background, each with the time it came."""
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(daemon=True)
+        self.client = client
+        self.lines: list[tuple[float, bytes]] = []
+        self.error: BaseException | None = None
+        self._stop_at: float | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            while self._stop_at is None or time.monotonic() < self._stop_at:
+                try:
+                    line = self.client.line(timeout=0.2)
+                except AssertionError as error:
+                    if "no line within" in str(error):
+                        continue
+                    raise
+                self.lines.append((time.monotonic(), line))
+        except BaseException as error:
+            self.error = error
+
+    def finish(self, until: Callable[[list[bytes]], bool], timeout: float) -> list[bytes]:
+        """Wait (at most ``timeout``) until ``until(lines)``, then stop reading; the lines."""
+        deadline = time.monotonic() + timeout
+        while not until(self.received()) and time.monotonic() < deadline and self.error is None:
+            time.sleep(0.05)  # polling another thread's progress, bounded by the deadline
+        self._stop_at = time.monotonic()
+        self.join(1.0)
+        assert self.error is None, self.error
+        return self.received()
+
+    def received(self) -> list[bytes]:
+        return [line for _, line in list(self.lines)]
+
+    def max_gap(self, start: float, end: float) -> float:
+        """The longest time without a line between ``start`` and ``end``."""
+        times = [start] + [t for t, _ in self.lines if start < t < end] + [end]
+        return max(b - a for a, b in zip(times, times[1:], strict=False))
+
+
+def send_steadily(senders: list[Client], rate: float, duration: float, first: int = 0) -> int:
+    """Each sender sends ``MSG <n>`` ``rate`` times a second for ``duration``; the next n."""
+    n = first
+    start = time.monotonic()
+    while time.monotonic() - start < duration:
+        for sender in senders:
+            sender.say(f"MSG {n}")
+        n += 1
+        pause = start + (n - first) / rate - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)  # the steady rate is the point: nothing to wait for
+    return n
+
+
+def test_redis_restarted_within_the_lease_loses_duplicates_and_reorders_nothing(redis):
+    engine = redis(appendonly=True)
+    with cluster_processes(engine.url(), 2, "--cluster-lease", "5") as nodes:
+        senders = [login(nodes.port, f"s{i}") for i in range(10)]
+        watchers = [login(nodes.port, f"w{i}") for i in range(2)]  # they receive every line
+        readers = {client: Receiver(client) for client in senders + watchers}
+        n = send_steadily(senders, rate=20, duration=1.0)
+        outage_start = time.monotonic()
+        engine.kill()
+        n = send_steadily(senders, rate=20, duration=0.5, first=n)
+        engine.restart()
+        n = send_steadily(senders, rate=20, duration=1.0, first=n)
+        outage_end = time.monotonic()
+
+        def expected(me: Client) -> list[bytes]:
+            return [f"MSG s{i} {k}".encode() for k in range(n) for i, s in enumerate(senders) if s is not me]
+
+        def complete(me: Client) -> Callable[[list[bytes]], bool]:
+            count = len(expected(me))
+            return lambda lines: len(lines) >= count
+
+        got = {client: reader.finish(complete(client), timeout=15) for client, reader in readers.items()}
+        for client, lines in got.items():
+            mine = sorted(expected(client))
+            assert sorted(lines) == mine, "lost or duplicated lines"  # nothing lost, nothing twice
+            for i, sender in enumerate(senders):
+                if sender is not client:
+                    own = [line for line in lines if line.startswith(f"MSG s{i} ".encode())]
+                    assert own == [f"MSG s{i} {k}".encode() for k in range(n)], f"s{i}'s lines reordered"
+        assert got[watchers[0]] == got[watchers[1]], "two users received common lines in different orders"
+        stall = max(reader.max_gap(outage_start, outage_end) for reader in readers.values())
+        print(f"{n * 10} lines from 10 senders at 20/s each; Redis down 0.5 s: the longest gap {stall:.2f} s")
+        for client in senders + watchers:
+            client.sync()
+        clean_exit(nodes, *senders, *watchers)
+
+
+def login_when_back(port: int, name: str, timeout: float = 15.0, taken_for: float = 0.0) -> Client:
+    """LOGIN as soon as the node serves again: until then each attempt is refused, ERR server-unavailable.
+
+    ``taken_for``: the name may still be taken for that long after the node serves
+    (its owner's node is dead, and its departure not yet in the log).
+    """
+    deadline = time.monotonic() + timeout
+    free_by: float | None = None
+    while True:
+        client = Client(port)
+        client.say(f"LOGIN {name}")
+        reply = client.line()
+        if reply == b"OK":
+            return client
+        if reply == b"ERR username-taken":
+            free_by = free_by or time.monotonic() + taken_for
+            assert time.monotonic() < free_by, f"{name} still taken {taken_for} s after the node served"
+        else:
+            assert reply == b"ERR server-unavailable", reply
+            assert client.read_until_closed() == b""
+        client.close()
+        assert time.monotonic() < deadline, f"the node did not serve again within {timeout} s"
+
+
+def lines_until(client: Client, last: bytes, allowed: Callable[[bytes], bool]) -> None:
+    """Read up to ``last``; every line before it must be ``allowed``."""
+    while (line := client.line()) != last:
+        assert allowed(line), line
+
+
+def test_redis_gone_longer_than_the_lease_closes_clients_refuses_new_ones_and_recovers(redis):
+    engine = redis(appendonly=True)  # it keeps its data: the nodes lost their leases, not the log
+    with cluster_processes(engine.url(), 2, "--cluster-lease", str(LEASE)) as nodes:
+        users = [login(nodes.port, f"u{i}") for i in range(4)]
+        for user in users:
+            user.sync()
+        engine.kill()
+        for user in users:
+            assert user.read_until_closed(timeout=LEASE + 2) == b"ERR server-unavailable\n"
+        for node in nodes:
+            refused = Client(node.port)
+            assert refused.read_until_closed() == b"ERR server-unavailable\n"
+            node.wait_for_stderr(rb"cluster: node \d+ leaves the cluster: its lease could not be renewed")
+        engine.restart()
+        back = [login_when_back(node.port, f"back{i}") for i, node in enumerate(nodes)]
+        # The users of the nodes that gave up are gone: an INFO each (to whoever logged in
+        # before their departure was in the log) and their names free within a lease.
+        for i in range(4):
+            back.append(login_when_back(nodes[i % 2].port, f"u{i}", taken_for=LEASE + 1))
+        back[0].say("MSG hello again")
+        left = re.compile(rb"INFO u\d disconnected")
+        for client in back[1:]:
+            lines_until(client, b"MSG back0 hello again", left.fullmatch)
+        back[1].say("WHO")
+        back[1].expect("USER back0", "USER back1", "USER u0", "USER u1", "USER u2", "USER u3")
+        for node in nodes:
+            assert node.process.poll() is None  # it never exited
+        clean_exit(nodes, *back)
+
+
+# -- one node in this process, turn by turn: the driver's moments ------------------------------------
+
+
+class HandDriven:
+    """A cluster node run in this thread one turn at a time, on a clock the test moves.
+
+    For the moments a process test cannot aim at: what the driver does in
+    the very turn a link comes back, say.  Clients are socket pairs
+    (loopharness.Peer); Redis is real.
+    """
+
+    def __init__(self, url: str, **settings) -> None:
+        self.clock = FakeClock()
+        listener = socket.create_server(("127.0.0.1", 0))
+        config = dataclasses.replace(Config(host="127.0.0.1", port=0), **cluster_settings(url, **settings))
+        self.driver = ClusterDriver(
+            config.cluster, name=config.cluster_name, lease=config.cluster_lease,
+            buffer=config.cluster_buffer, max_clients=config.max_clients,
+        )
+        self.reactor = Reactor([listener], config, clock=self.clock, selector=NeverSleeps(), cluster=self.driver)
+        self.peers: list[Peer] = []
+        self.until(lambda: self.reactor.serving, "joined")
+
+    def until(self, condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+        """Run turns (polls: the selector never sleeps) until ``condition()``, within ``timeout`` real seconds."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"not {what} within {timeout} s"
+            self.reactor.run_once()
+
+    def connect(self) -> Peer:
+        server_end, client_end = socket.socketpair()
+        peer = Peer(client_end)
+        self.peers.append(peer)
+        assert self.reactor.adopt(server_end, ("pair", len(self.peers))) is not None
+        return peer
+
+    def login(self, name: str) -> Peer:
+        peer = self.connect()
+        peer.say(f"LOGIN {name}")
+        self.lines(peer, ["OK"])
+        return peer
+
+    def lines(self, peer: Peer, expected: list[str], timeout: float = 5.0) -> None:
+        """Run turns until ``peer`` has received ``len(expected)`` lines, and check them."""
+        got: list[str] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < len(expected):
+            assert time.monotonic() < deadline, f"{got} within {timeout} s, not {expected}"
+            self.reactor.run_once()
+            got += peer.lines()
+        assert got == expected
+
+    def close(self) -> None:
+        self.reactor.close()
+        for peer in self.peers:
+            peer.close()
+
+
+@pytest.fixture
+def hand_driven():
+    made: list[HandDriven] = []
+
+    def make(url: str, **settings) -> HandDriven:
+        made.append(HandDriven(url, **settings))
+        return made[-1]
+
+    yield make
+    for node in made:
+        node.close()
+
+
+def readable(fileno: int, timeout: float = 5.0) -> None:
+    """Wait until ``fileno`` has something to read (without reading it)."""
+    assert select.select([fileno], [], [], timeout)[0], f"nothing to read within {timeout} s"
+
+
+def test_a_line_read_in_the_turn_the_writer_comes_back_goes_after_the_ones_that_waited(redis, hand_driven):
+    """Lines that waited for the engine are appended again before any new one, or the fold drops them."""
+    engine = redis()
+    node = hand_driven(engine.url())
+    alice, bob = node.login("alice"), node.login("bob")
+    writer = node.driver.writer
+    engine.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")  # both links drop; Redis keeps its data
+    node.until(lambda: not writer.ready, "the writer lost")
+    alice.say("MSG one")  # waits for the engine
+    node.until(lambda: node.driver.node.unconfirmed_bytes, "MSG one waiting")
+    node.clock.advance(writer.wakeup_at - node.clock() + 0.2)  # (the timer wheel ticks every 0.1 s)
+    node.until(lambda: writer.state is LinkState.HANDSHAKING, "the writer reconnecting")
+    readable(writer.fileno())  # the handshake's reply is here: the next turn makes the writer ready ...
+    alice.say("MSG two")  # ... and reads this line in the same turn
+    node.reactor.run_once()
+    assert writer.ready
+    node.clock.advance(0.3)  # the reader's reconnection too
+    node.lines(bob, ["MSG alice one", "MSG alice two"])
+
+
+def lose_the_lease(node: HandDriven, engine) -> None:
+    """Cut both links and let more than a lease pass on the node's clock: it gives up its node."""
+    engine.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    node.until(lambda: not node.driver.writer.ready and not node.driver.reader.ready, "both links lost")
+    node.clock.advance(LEASE + 0.5)
+    node.until(lambda: node.driver.node.phase is Phase.DOWN, "the node given up")
+
+
+def test_a_new_node_waits_for_the_clients_the_old_one_refused(redis, hand_driven, caplog):
+    """A client refused while the new node starts keeps the old one busy: the new one takes over after it."""
+    engine = redis()
+    node = hand_driven(engine.url(), cluster_lease=LEASE)
+    alice = node.login("alice")
+    old = node.driver.node
+    lose_the_lease(node, engine)
+    node.lines(alice, ["ERR server-unavailable"])
+    alice.close()
+    node.until(lambda: node.driver._starting, "the engine back, alice gone: a new node starting")
+    bob = node.connect()  # refused by the old node, and it does not hang up yet
+    node.until(lambda: node.driver._leased is not None, "the new node's lease taken")
+    node.reactor.run_once()
+    assert node.driver.node is old and len(old) == 1  # bob is still the old node's
+    node.lines(bob, ["ERR server-unavailable"])
+    bob.close()
+    node.until(lambda: node.driver.node is not old and node.driver.joined, "the new node serving")
+    carol = node.login("carol")
+    carol.say("WHO")
+    node.lines(carol, ["USER carol"])  # alice left with the old node, whose lease is gone
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [f"cluster: node {old.node_id} leaves the cluster: its lease could not be renewed for 2 s"]
+
+
+def test_redis_restarted_without_its_data_closes_clients_and_the_nodes_start_afresh(redis):
+    """A new epoch: whatever the nodes folded is gone, so they close their clients and join anew."""
+    engine = redis()  # no persistence
+    with cluster_processes(engine.url(), 2) as nodes:
+        users = [login(nodes.port, f"u{i}") for i in range(4)]
+        for user in users:
+            user.sync()
+        engine.kill()
+        engine.restart()
+        for user in users:
+            assert user.read_until_closed() == b"ERR server-unavailable\n"
+        for node in nodes:
+            node.wait_for_stderr(rb"cluster: node \d+ leaves the cluster: the engine lost its data")
+        back = [login_when_back(node.port, f"u{i}") for i, node in enumerate(nodes)]  # the names are free
+        back[1].say("WHO")
+        back[1].expect("USER u0", "USER u1")
+        clean_exit(nodes, *back)
