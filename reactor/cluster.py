@@ -98,6 +98,10 @@ READ_BLOCK_MS = 1000
 """How long one ``XREAD`` waits for entries; the reader's silence past this plus a margin is a lost link."""
 READ_COUNT = 1000
 """Entries one ``XREAD`` returns at most."""
+ENTRY_OVERHEAD = 256
+"""Bytes of Python objects per entry waiting for the engine, besides its own bytes: its tuple,
+bytes object and slots in ``node.unconfirmed()`` (about 185, measured with tracemalloc) and an
+unsent XADD's object and slots in the writer (about 50); the XADD's bytes are ``unsent_bytes``."""
 SNAPSHOT_EVERY = 10_000
 """Entries folded between two snapshots (by the live node with the lowest id)."""
 
@@ -191,8 +195,16 @@ class ClusterDriver:
 
     @property
     def full(self) -> bool:
-        """Whether entries waiting for the engine passed ``--cluster-buffer``: read no client now."""
-        return self.node is not None and self.node.unconfirmed_bytes > self._buffer
+        """Whether entries waiting for the engine passed ``--cluster-buffer``: read no client now.
+
+        What they hold in memory counts, not only their bytes: a short MSG's
+        entry is about 30 bytes, and the objects that keep it about 250 more.
+        """
+        node = self.node
+        if node is None:
+            return False
+        held = node.unconfirmed_bytes + node.unconfirmed_count * ENTRY_OVERHEAD + self.writer.unsent_bytes
+        return held > self._buffer
 
     @property
     def finished(self) -> bool:

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import re
 import select
+import signal
 import socket
 import threading
 import time
@@ -491,3 +492,108 @@ def test_redis_restarted_without_its_data_closes_clients_and_the_nodes_start_afr
         back[1].say("WHO")
         back[1].expect("USER u0", "USER u1")
         clean_exit(nodes, *back)
+
+
+def rss(pid: int) -> int:
+    """The resident memory of process ``pid``, in bytes (Linux: /proc/PID/status, VmRSS)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+class Drain(threading.Thread):
+    """Reads a client's bytes in the background; keeps the MSG lines of ``keep`` senders, counts the rest."""
+
+    def __init__(self, client: Client, keep: bool) -> None:
+        super().__init__(daemon=True)
+        self.client, self.keep = client, keep
+        self.lines: list[bytes] = []
+        self.count = 0
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        rest = b""
+        sock = self.client.sock
+        sock.settimeout(30)
+        try:
+            while not self.done.is_set():
+                data = sock.recv(1 << 20)
+                if not data:
+                    raise AssertionError("the server closed a reader")
+                *lines, rest = (rest + data).split(b"\n")
+                self.count += len(lines)
+                if self.keep:
+                    self.lines += lines
+        except BaseException as error:
+            if not self.done.is_set():
+                self.error = error
+
+
+LINES_IN = re.compile(rb"stats: users=\d+ connections=\d+ accepted=\d+ refused=\d+ lines_in=(\d+)")
+
+
+def lines_in(node, count: int) -> int:
+    """SIGUSR1, and the ``lines_in`` of the node's ``count``-th statistics line."""
+    node.process.send_signal(signal.SIGUSR1)
+    return int(node.wait_for_stderr(LINES_IN.pattern, count=count)[-1].group(1))
+
+
+@pytest.mark.slow
+def test_redis_paused_under_full_load_bounds_memory_and_pauses_senders(redis):
+    """SIGSTOP on Redis for 2 s while four users send as fast as they can (no flood control)."""
+    engine = redis()
+    buffer = 4 * 1024 * 1024
+    senders_count, per_sender, text = 4, 15_000, "x" * 100
+    with cluster_processes(
+        engine.url(), 1, "--cluster-buffer", str(buffer), "--rate", "0", "--idle-timeout", "0"
+    ) as nodes:
+        node = nodes[0]
+        pid = node.process.pid
+        watcher = login(node.port, "watcher")
+        senders = [login(node.port, f"s{i}") for i in range(senders_count)]
+        drains = [Drain(watcher, keep=True)] + [Drain(sender, keep=False) for sender in senders]
+        blob = "".join(f"MSG {k} {text}\n" for k in range(per_sender)).encode()
+        threads = [threading.Thread(target=sender.send, args=(blob,), daemon=True) for sender in senders]
+        for thread in threads:
+            thread.start()
+        loaded = [rss(pid)]
+        deadline = time.monotonic() + 20
+        while drains[0].count < 5000:  # the load is on
+            assert time.monotonic() < deadline, drains[0].count
+            loaded.append(rss(pid))
+            time.sleep(0.02)  # sampling memory while the load runs
+        engine.pause()
+        paused_at = time.monotonic()
+        paused = []
+        taken: list[int] = []
+        for half in (1, 2):
+            while time.monotonic() - paused_at < half:
+                paused.append(rss(pid))
+                time.sleep(0.02)  # the pause lasts 2 s; memory sampled through it
+            taken.append(lines_in(node, half))
+        engine.resume()
+        expected = senders_count * per_sender
+        deadline = time.monotonic() + 60
+        while drains[0].count < expected:
+            assert time.monotonic() < deadline, f"{drains[0].count} of {expected} lines"
+            assert all(d.error is None for d in drains), [d.error for d in drains]
+            time.sleep(0.05)  # the backlog drains at the node's pace; polled with a deadline
+        for i in range(senders_count):
+            own = [line for line in drains[0].lines if line.startswith(f"MSG s{i} ".encode())]
+            assert own == [f"MSG s{i} {k} {text}".encode() for k in range(per_sender)], f"s{i}"
+        growth = max(paused) - max(loaded)
+        print(
+            f"VmRSS under load {max(loaded) / 2**20:.1f} MiB, with Redis paused {max(paused) / 2**20:.1f} MiB "
+            f"(+{growth / 2**20:.2f} MiB; --cluster-buffer {buffer / 2**20:g} MiB); "
+            f"lines taken in the pause's second half: {taken[1] - taken[0]}"
+        )
+        assert taken[1] == taken[0] < expected, "the senders were not paused"
+        assert growth <= buffer + 2 * 1024 * 1024  # the buffer, one turn's lines, the allocator's arenas
+        for drain in drains:
+            drain.done.set()
+        assert b"slow consumer" not in node.stderr
+        clean_exit(nodes, watcher, *senders)
