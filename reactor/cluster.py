@@ -43,9 +43,14 @@ and a clock, driven by the same ``selectors`` loop as the clients:
   with a script that keeps only a later position, and then trims the
   stream up to the *previous* snapshot's position (a snapshot's worth of
   slack for a slow reader).  A reader whose position falls before what was
-  trimmed (``max-deleted-entry-id``) would show a partial picture: it
-  reports ``ClusterUnavailable`` instead.  The check (``XINFO STREAM``)
-  leaves with each ``XREAD``, in the same write.
+  trimmed (the first entry left comes after it, see ``_trimmed_past``)
+  would show a partial picture: it reports ``ClusterUnavailable`` instead,
+  and the next node starts from the snapshot.  The check (``XINFO
+  STREAM``) leaves with each ``XREAD``, in the same write.  A snapshot
+  that does not decode is logged and ignored: the node starts from the
+  log's beginning, which works until the log is trimmed; after that it
+  cannot join, and tries again (backing off up to a lease) until a live
+  node has stored a good one.
 - **After ``ClusterUnavailable``**, or when the log says the node is
   dead (its own ``NodeDown``, appended by another node), the node is
   finished.  Once its last client is gone and the engine answers again, a
@@ -86,7 +91,7 @@ from protocol.cluster import (
 )
 from protocol.cluster.codec import DecodeError
 
-from .engine import EngineError, LinkLost, RedisAddress, RedisLink
+from .engine import Backoff, EngineError, LinkLost, RedisAddress, RedisLink
 from .timers import CallbackTimer
 
 if TYPE_CHECKING:
@@ -102,6 +107,8 @@ ENTRY_OVERHEAD = 256
 """Bytes of Python objects per entry waiting for the engine, besides its own bytes: its tuple,
 bytes object and slots in ``node.unconfirmed()`` (about 185, measured with tracemalloc) and an
 unsent XADD's object and slots in the writer (about 50); the XADD's bytes are ``unsent_bytes``."""
+START_BACKOFF = 0.5
+"""Seconds before the next node after one that could not start or gave up; it doubles up to the lease."""
 SNAPSHOT_EVERY = 10_000
 """Entries folded between two snapshots (by the live node with the lowest id)."""
 
@@ -151,6 +158,11 @@ class ClusterDriver:
         self._starting = False  # a new node's id, snapshot and lease are being fetched
         self._leased: tuple[int, Any, float] | None = None  # a new node's id, snapshot, lease time
         self._predecessors: list[int] = []  # this process's nodes that gave up: down once a new one joins
+        # A node that could not start or gave up is followed by the next one after a backoff,
+        # so an engine that keeps refusing (a trimmed log, a key of the wrong type) is not hammered.
+        self._start_backoff = Backoff(START_BACKOFF, max(START_BACKOFF, lease), random)
+        self._next_start_at = 0.0
+        self._start_timer = CallbackTimer(self._maybe_start)
         self._resumed = False  # the writer's connection has re-sent what waited: appends go straight
         self._reader_checked = False  # the reader's connection saw the epoch: it may read
         self._reading = False  # an XREAD is out on the reader link
@@ -230,11 +242,12 @@ class ClusterDriver:
         assert self._reactor is not None
         if self._leased is not None:
             self._serve_new_node()  # once the old node's last refused client is gone
-        elif self._down and self.node is not None and not len(self.node) and self._resumed:
-            self._start_node()  # the old node's clients are gone and the engine is back
+        else:
+            self._maybe_start()  # the old node's clients are gone and the engine is back
         if self.node is not None and self.node.joined and not self._joined_told:
             self._joined_told = True
             self._reactor.cluster_joined()
+            self._start_backoff.reset()
             self._retire_predecessors()
             self._watch_leases()  # nodes that died before this one joined leave now, not a lease later
         for link, timer in self._link_timers.items():
@@ -268,9 +281,9 @@ class ClusterDriver:
         self._resumed = True
         if not self._same_epoch(epoch):
             return
-        if self.node is None or (self._down and not len(self.node)):
-            self._start_node()
-        elif not self._down:
+        if self.node is None or self._down:
+            self._maybe_start()
+        else:
             self._keep_lease()
             for entry in self.node.unconfirmed():  # at least once; the fold drops copies
                 self.writer.send((b"XADD", self._keys.log, b"*", b"e", entry), self._appended)
@@ -286,16 +299,36 @@ class ClusterDriver:
             return False
         return True
 
-    def _start_node(self) -> None:
-        """A new node: an id never used before, the snapshot, the lease; then NodeStarted."""
-        if self._starting or self._leased is not None or self._stopping or not self.writer.ready:
+    def _maybe_start(self) -> None:
+        """Start a new node if one is needed (none yet, or the old one down and empty) and it is time."""
+        assert self._reactor is not None
+        node = self.node
+        if node is not None and (not self._down or len(node)):
+            return
+        if self._starting or self._leased is not None or self._stopping or not self._resumed:
+            return
+        if not self.writer.ready:
+            return
+        if self._reactor.clock() < self._next_start_at:
+            self._reactor.schedule(self._start_timer, self._next_start_at)
             return
         self._starting = True
         self.writer.send((b"INCR", self._keys.node_id), self._got_id)
 
+    def _start_later(self) -> None:
+        """The next node starts after a backoff (the one before could not start, or gave up)."""
+        assert self._reactor is not None
+        self._next_start_at = self._reactor.clock() + self._start_backoff.next_delay()
+
+    def _start_failed(self, what: str, reply: Any) -> None:
+        self._starting = False
+        if not isinstance(reply, LinkLost):  # (a lost link starts again when it is back)
+            log.error("cluster: cannot start a node: %s: %s", what, reply)
+            self._start_later()
+
     def _got_id(self, reply: Any) -> None:
         if isinstance(reply, EngineError):
-            self._starting = False
+            self._start_failed("INCR of the node id refused", reply)
             return
         node_id = int(reply)
         self.writer.send(
@@ -303,13 +336,15 @@ class ClusterDriver:
         )
 
     def _got_snapshot(self, node_id: int, data: Any) -> None:
-        if isinstance(data, EngineError):
+        if isinstance(data, LinkLost):
             self._starting = False
             return
         try:
+            if isinstance(data, EngineError):  # the key holds something else than a string
+                raise DecodeError(str(data))
             snapshot = decode_snapshot(data) if data is not None else None
         except DecodeError as error:
-            log.error("the stored cluster snapshot does not decode (%s): starting from the log", error)
+            log.error("cluster: the stored snapshot does not decode (%s): starting from the log", error)
             snapshot = None
         assert self._reactor is not None
         lease_key = self._keys.lease(node_id)
@@ -320,9 +355,10 @@ class ClusterDriver:
         )
 
     def _got_lease(self, node_id: int, snapshot: Any, sent_at: float, reply: Any) -> None:
-        self._starting = False
         if isinstance(reply, EngineError):
+            self._start_failed("the lease refused", reply)
             return
+        self._starting = False
         self._leased = (node_id, snapshot, sent_at)
         self._serve_new_node()
 
@@ -487,6 +523,7 @@ class ClusterDriver:
         if self._down or self.node is None:
             return
         self._gave_up = True
+        self._start_later()
         log.error("cluster: node %d leaves the cluster: %s", self.node.node_id, why)
         self._reactor.feed_machine(ClusterUnavailable())
 
@@ -508,17 +545,29 @@ class _Keys:
 
 
 def _trimmed_past(info: Any, position: str) -> bool:
-    """Whether ``XINFO STREAM``'s answer says entries after ``position`` were trimmed.
+    """Whether ``XINFO STREAM``'s answer says entries after ``position`` may be gone from the stream.
 
-    Redis 7 says so exactly (``max-deleted-entry-id``); with Redis 6.2 a
-    first entry later than the position counts, to be safe.
+    XTRIM does not move Redis 7's ``max-deleted-entry-id`` (only XDEL
+    does), so the test is on what is left: if entries were ever removed
+    (``entries-added`` above ``length``) and the first one left comes after
+    the position, the entries in between may have been trimmed.  Redis 6.2
+    has no count of entries added: there a first entry later than the
+    position counts, except for a node starting at the very beginning,
+    which cannot tell a trimmed log from a young one.
     """
     fields = dict(zip(info[::2], info[1::2], strict=False))
     deleted = fields.get(b"max-deleted-entry-id")
-    if deleted is not None:
-        return _later(deleted.decode(), position)
+    if deleted is not None and _later(deleted.decode(), position):
+        return True  # (entries deleted one by one: XDEL)
     first = fields.get(b"first-entry")
-    return bool(first) and _later(first[0].decode(), position) and position != "0-0"
+    added = fields.get(b"entries-added")
+    if added is not None:  # Redis 7
+        if added == fields.get(b"length"):
+            return False  # nothing was ever removed
+        if not first:  # everything was
+            return _later(fields[b"last-generated-id"].decode(), position)
+        return _later(first[0].decode(), position)
+    return bool(first) and position != "0-0" and _later(first[0].decode(), position)
 
 
 def _later(a: str, b: str) -> bool:

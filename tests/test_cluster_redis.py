@@ -25,9 +25,10 @@ from collections.abc import Callable
 import pytest
 import seed
 from loopharness import FakeClock, NeverSleeps, Peer
-from netutil import Client, cluster_processes, cluster_settings, login
+from netutil import Client, cluster_processes, cluster_settings, login, node_process, threaded_cluster
 from redisutil import redis_servers
 
+import reactor.cluster
 from protocol.cluster import Phase
 from reactor.cluster import ClusterDriver
 from reactor.config import Config
@@ -357,7 +358,7 @@ class HandDriven:
     (loopharness.Peer); Redis is real.
     """
 
-    def __init__(self, url: str, **settings) -> None:
+    def __init__(self, url: str, join: bool = True, **settings) -> None:
         self.clock = FakeClock()
         listener = socket.create_server(("127.0.0.1", 0))
         config = dataclasses.replace(Config(host="127.0.0.1", port=0), **cluster_settings(url, **settings))
@@ -367,7 +368,8 @@ class HandDriven:
         )
         self.reactor = Reactor([listener], config, clock=self.clock, selector=NeverSleeps(), cluster=self.driver)
         self.peers: list[Peer] = []
-        self.until(lambda: self.reactor.serving, "joined")
+        if join:
+            self.until(lambda: self.driver.joined, "joined")
 
     def until(self, condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
         """Run turns (polls: the selector never sleeps) until ``condition()``, within ``timeout`` real seconds."""
@@ -409,8 +411,8 @@ class HandDriven:
 def hand_driven():
     made: list[HandDriven] = []
 
-    def make(url: str, **settings) -> HandDriven:
-        made.append(HandDriven(url, **settings))
+    def make(url: str, join: bool = True, **settings) -> HandDriven:
+        made.append(HandDriven(url, join, **settings))
         return made[-1]
 
     yield make
@@ -460,6 +462,7 @@ def test_a_new_node_waits_for_the_clients_the_old_one_refused(redis, hand_driven
     lose_the_lease(node, engine)
     node.lines(alice, ["ERR server-unavailable"])
     alice.close()
+    node.clock.advance(LEASE)  # past the backoff before the next node
     node.until(lambda: node.driver._starting, "the engine back, alice gone: a new node starting")
     bob = node.connect()  # refused by the old node, and it does not hang up yet
     node.until(lambda: node.driver._leased is not None, "the new node's lease taken")
@@ -597,3 +600,127 @@ def test_redis_paused_under_full_load_bounds_memory_and_pauses_senders(redis):
             drain.done.set()
         assert b"slow consumer" not in node.stderr
         clean_exit(nodes, watcher, *senders)
+
+
+# -- snapshots: a node joins late, whatever is stored ---------------------------------------------
+
+
+def eventually(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    """Poll Redis's state (another process's progress) until ``condition()``, within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not {what} within {timeout} s"
+        time.sleep(0.01)
+
+
+def stream_info(engine) -> dict[bytes, object]:
+    reply = engine.command("XINFO", "STREAM", "chat:log")
+    return dict(zip(reply[::2], reply[1::2], strict=True))
+
+
+@pytest.mark.parametrize("stored", [b"not a snapshot", b"\x01" * 40, "a list"])
+def test_a_bad_stored_snapshot_does_not_stop_a_node_from_joining(redis, stored):
+    """Undecodable bytes, or a key of another type: logged, and the node folds the log from its start."""
+    engine = redis()
+    with cluster_processes(engine.url(), 1) as nodes:
+        alice = login(nodes[0].port, "alice")
+        if stored == "a list":
+            engine.command("RPUSH", "chat:snapshot", "x")
+        else:
+            engine.command("SET", "chat:snapshot", stored)
+        nodes.servers.append(node_process(engine.url()))  # it joins: its startup line came
+        bob = login(nodes[1].port, "bob")
+        bob.say("WHO")
+        bob.expect("USER alice", "USER bob")
+        alice.sync()
+        nodes[1].wait_for_stderr(rb"ERROR: cluster: the stored snapshot does not decode \(.+\): starting from the log")
+        clean_exit(nodes, alice, bob)
+
+
+def test_a_node_joins_from_the_snapshot_once_the_log_is_trimmed_and_waits_for_a_good_one(
+    redis, hand_driven, monkeypatch
+):
+    """Snapshots every 10 entries here.  A node that finds the log trimmed joins from the snapshot;
+    with the snapshot damaged it cannot join (it would show a partial picture), so it tries again,
+    backing off, and joins once a live node has stored a new one."""
+    monkeypatch.setattr(reactor.cluster, "SNAPSHOT_EVERY", 10)
+    engine = redis()
+    with threaded_cluster(engine.url(), 1) as first:
+        alice, bob = login(first.port, "alice"), login(first.port, "bob")
+        for round_start in (0, 12, 24):  # a snapshot after each round, the log trimmed to the one before
+            alice.say(*[f"MSG {k}" for k in range(round_start, round_start + 12)])
+            bob.expect(*[f"MSG alice {k}" for k in range(round_start, round_start + 12)])
+        eventually(lambda: stream_info(engine)[b"length"] < stream_info(engine)[b"entries-added"], "a trim")
+        late = hand_driven(engine.url())  # from the stored snapshot
+        carol = late.login("carol")
+        carol.say("WHO")
+        late.lines(carol, ["USER alice", "USER bob", "USER carol"])
+        engine.command("SET", "chat:snapshot", "damaged")
+        later = hand_driven(engine.url(), join=False)
+        later.until(lambda: later.driver.node is not None and later.driver._down, "its first node given up")
+        assert not later.reactor.serving
+        position = engine.command("GET", "chat:snapshot-position")
+        alice.say(*[f"MSG {k}" for k in range(36, 48)])  # the live node stores a new snapshot
+        bob.expect(*[f"MSG alice {k}" for k in range(36, 48)])
+        eventually(lambda: engine.command("GET", "chat:snapshot-position") != position, "a new snapshot")
+        deadline = time.monotonic() + 10
+        while not later.driver.joined:  # the next attempts, on its clock
+            assert time.monotonic() < deadline, "the late node never joined"
+            later.clock.advance(0.5)
+            later.reactor.run_once()
+        dave = later.login("dave")
+        dave.say("WHO")
+        later.lines(dave, ["USER alice", "USER bob", "USER carol", "USER dave"])
+        first[0].errors.clear()  # the late nodes' ERROR lines went through this process's logger
+
+
+# -- the driver's pure pieces ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "a, b, later",
+    [
+        ("2-0", "1-0", True), ("1-0", "2-0", False), ("1-1", "1-1", False),
+        ("1-10", "1-9", True), ("10-0", "9-99", True),  # numbers, not strings
+        ("1700000000000-1", "1700000000000", True), ("5", "5-0", False),  # a bare time is its -0
+        ("0-1", "0-0", True),
+    ],
+)
+def test_later_compares_stream_ids_as_two_numbers(a, b, later):
+    assert reactor.cluster._later(a, b) is later
+
+
+def test_trimmed_past_on_real_xinfo_replies(redis):
+    """Redis 7's own answers: a young stream, one trimmed (XTRIM MINID), one with an entry deleted, an emptied one."""
+    trimmed_past = reactor.cluster._trimmed_past
+    engine = redis()
+
+    def info() -> list:
+        return engine.command("XINFO", "STREAM", "s")
+
+    ids = [engine.command("XADD", "s", f"1-{k}", "e", "x").decode() for k in range(1, 6)]
+    for position in ["0-0", *ids]:
+        assert not trimmed_past(info(), position)  # nothing removed: any position may read on
+    engine.command("XTRIM", "s", "MINID", ids[2])  # 1-1 and 1-2 are gone
+    assert trimmed_past(info(), "0-0")  # a new node without a snapshot would miss them
+    assert trimmed_past(info(), ids[0])  # a node that folded 1-1 would miss 1-2
+    assert trimmed_past(info(), ids[1])  # conservative: nothing says there was nothing between 1-2 and 1-3
+    assert not trimmed_past(info(), ids[2]) and not trimmed_past(info(), ids[4])
+    engine.command("XDEL", "s", ids[3])  # max-deleted-entry-id
+    assert trimmed_past(info(), ids[2]) and not trimmed_past(info(), ids[3])
+    engine.command("XTRIM", "s", "MAXLEN", "0")
+    assert trimmed_past(info(), ids[3]) and not trimmed_past(info(), ids[4])
+
+
+def test_trimmed_past_on_redis_6_2_replies():
+    """No entries-added and no max-deleted-entry-id: a first entry later than the position counts."""
+    trimmed_past = reactor.cluster._trimmed_past
+
+    def info(first: str | None) -> list:
+        entry = [first.encode(), [b"e", b"x"]] if first else None
+        return [b"length", 3, b"radix-tree-keys", 1, b"radix-tree-nodes", 2,
+                b"last-generated-id", b"1-9", b"groups", 0, b"first-entry", entry, b"last-entry", entry]
+
+    assert trimmed_past(info("1-5"), "1-2") and not trimmed_past(info("1-5"), "1-5")
+    assert not trimmed_past(info("1-5"), "0-0")  # a young log or a trimmed one: 6.2 cannot tell
+    assert not trimmed_past(info(None), "1-2")
