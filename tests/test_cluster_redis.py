@@ -4,10 +4,17 @@ Every test starts its own Redis (tests/redisutil.py) and its own node
 processes (netutil.cluster_processes), and plays what the spec
 (shared/spec/cluster.md) promises through raw TCP clients: one chat
 across nodes, one winner of a name race, a dead node's users reported
-within the lease, and the engine's failures (restarted, gone, paused)
-costing a delay, never a line.  Every wait is bounded; timing figures the
-spec states (the lease) are asserted with their margin, the others
-(stalls, memory) are printed for docs/performance.md.
+within the lease, and the engine's failures (restarted, gone, emptied,
+paused) costing a delay, never a line.  Where a process cannot aim at a
+moment (the turn a link comes back), one node runs in the test's thread,
+turn by turn, on a clock the test moves (``HandDriven``).  Every wait is
+bounded; timing figures the spec states (the lease) are asserted with
+their margin, the others (stalls, memory) are printed (``-s``) for
+docs/performance.md.
+
+Elsewhere: the seed README's sessions on two nodes are in test_daemon.py,
+and test_server.py runs against a cluster of two as well as standalone
+(conftest.py's ``serve`` and ``daemons``).
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ import time
 from collections.abc import Callable
 
 import pytest
-import seed
 from loopharness import FakeClock, NeverSleeps, Peer
 from netutil import Client, cluster_processes, cluster_settings, login, node_process, threaded_cluster
 from redisutil import redis_servers
@@ -86,14 +92,6 @@ def keep_active_until_closed(
 
 
 # -- one chat across nodes ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("session", seed.SESSIONS, ids=seed.session_name)
-def test_the_seed_sessions_with_the_terminals_on_two_nodes(redis, session):
-    """Naman (alice) on node 1, Yudi (bob) on node 2: the README's transcripts, byte for byte."""
-    with cluster_processes(redis().url(), 2) as nodes:
-        seed.play(session, lambda: Client(nodes.port))
-        clean_exit(nodes)
 
 
 def test_who_and_dm_across_nodes(redis):
