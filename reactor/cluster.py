@@ -22,9 +22,11 @@ and a clock, driven by the same ``selectors`` loop as the clients:
   succeeded for a whole lease means the others may have declared this node
   down: the node reports ``ClusterUnavailable`` and closes its clients
   with ``ERR server-unavailable``.  Every third of a lease, and once as
-  soon as it joins, the node also looks at the other live nodes' leases
-  and reports ``NodeExpired`` for each one that is gone; the node appends
-  their ``NodeDown``.
+  soon as it joins, the node also asks how long the other live nodes'
+  leases have left (``PTTL``): one about to run out is asked about again
+  just after its end, and one that is gone is reported ``NodeExpired``;
+  the node appends its ``NodeDown``.  So a dead node's users leave within
+  a lease (and a round trip) of its last renewal.
 - **Nothing lost, nothing twice.**  An entry stays in the node's
   ``unconfirmed()`` until it is read back.  When the writer reconnects, all
   of them are appended again (their serials make the fold drop the copies
@@ -107,6 +109,8 @@ ENTRY_OVERHEAD = 256
 """Bytes of Python objects per entry waiting for the engine, besides its own bytes: its tuple,
 bytes object and slots in ``node.unconfirmed()`` (about 185, measured with tracemalloc) and an
 unsent XADD's object and slots in the writer (about 50); the XADD's bytes are ``unsent_bytes``."""
+LEASE_MARGIN = 0.05
+"""Seconds after another node's lease should have run out before it is asked about again."""
 START_BACKOFF = 0.5
 """Seconds before the next node after one that could not start or gave up; it doubles up to the lease."""
 SNAPSHOT_EVERY = 10_000
@@ -173,6 +177,7 @@ class ClusterDriver:
         self._stopping = False
         self._joined_told = False
         self._link_timers: dict[RedisLink, CallbackTimer] = {}
+        self._lease_timers: dict[int, CallbackTimer] = {}  # other nodes' leases about to run out
         self.writer: RedisLink
         self.reader: RedisLink
 
@@ -477,26 +482,46 @@ class ClusterDriver:
         self._watch_leases()
 
     def _watch_leases(self) -> None:
-        """Ask whether each other live node's lease is still there (``NodeExpired`` if not)."""
+        """Ask how long each other live node's lease has left (``NodeExpired`` once it is gone)."""
         node = self.node
         if node is None or not node.joined or self._down or not self.writer.ready:
             return
         for other in node.live_nodes():
             if other != node.node_id:
-                self.writer.send((b"EXISTS", self._keys.lease(other)), self._lease_seen(node, other))
+                self._ask_lease(node, other)
+
+    def _ask_lease(self, node: ClusterNode, other: int) -> None:
+        key = self._keys.lease(other)
+        self.writer.send((b"PTTL", key), lambda reply: self._lease_seen(node, other, reply))
 
     def _renewed(self, reply: Any, sent_at: float) -> None:
         if not isinstance(reply, EngineError):
             self._renewed_at = max(self._renewed_at, sent_at)
 
-    def _lease_seen(self, node: ClusterNode, other: int) -> Callable[[Any], None]:
-        def seen(reply: Any) -> None:
-            assert self._reactor is not None
-            if reply == 0 and node is self.node and not self._down:
-                log.warning("cluster: node %d's lease ran out: it is down", other)
-                self._reactor.feed_machine(NodeExpired(other))
+    def _lease_seen(self, node: ClusterNode, other: int, reply: Any) -> None:
+        """A lease gone is a node down; one that runs out before the next look is looked at when it does.
 
-        return seen
+        A live node renews every third of a lease, so its lease never has
+        less than two thirds left; a dead one's runs down, and is asked
+        about again just after its end, so its users leave within a lease
+        of its last renewal, not up to a third of a lease later.
+        """
+        assert self._reactor is not None
+        if node is not self.node or self._down or isinstance(reply, EngineError):
+            return
+        if reply == -2:  # no such key
+            log.warning("cluster: node %d's lease ran out: it is down", other)
+            self._reactor.feed_machine(NodeExpired(other))
+        elif 0 <= reply < self._lease * 1000 / 3:
+            timer = self._lease_timers.get(other)
+            if timer is None:
+                timer = self._lease_timers[other] = CallbackTimer(lambda: self._look_again(node, other))
+            self._reactor.schedule(timer, self._reactor.clock() + reply / 1000 + LEASE_MARGIN)
+
+    def _look_again(self, node: ClusterNode, other: int) -> None:
+        self._lease_timers.pop(other, None)
+        if node is self.node and not self._down and self.writer.ready and other in node.live_nodes():
+            self._ask_lease(node, other)
 
     def _maybe_store_snapshot(self) -> None:
         node = self.node

@@ -145,6 +145,27 @@ def test_info_across_nodes_when_a_user_leaves(redis, how):
         clean_exit(nodes, leaver, *watchers)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_node_stopped_by_a_signal_tells_its_users_and_the_others_see_them_leave(redis, signum):
+    with cluster_processes(redis().url(), 2) as nodes:
+        alice, bob = login(nodes[0].port, "alice"), login(nodes[0].port, "bob")
+        carol = login(nodes[1].port, "carol")
+        carol.sync()
+        nodes[0].process.send_signal(signum)
+        for client in (alice, bob):
+            assert client.read_until_closed() == b"ERR server-shutting-down\n"
+            client.close()
+        carol.expect("INFO alice disconnected", "INFO bob disconnected")  # in login order
+        carol.say("WHO")
+        carol.expect("USER carol")
+        carol.sync()
+        nodes[0].process.wait(timeout=10)  # it exits by itself (a second signal could land in its exit)
+        status, _, err = nodes[0].stop()
+        assert status == 0 and b"Traceback" not in err
+        heir = login(nodes[1].port, "alice")  # the name is free
+        clean_exit(nodes[1:], carol, heir)
+
+
 def test_a_hundred_connections_on_three_nodes_race_for_one_name(redis):
     with cluster_processes(redis().url(), 3) as nodes:
         racers = [Client(nodes.port) for _ in range(100)]
