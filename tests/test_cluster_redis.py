@@ -32,7 +32,7 @@ from collections.abc import Callable
 import pytest
 from loopharness import FakeClock, NeverSleeps, Peer
 from netutil import Client, cluster_processes, cluster_settings, login, node_process, threaded_cluster
-from redisutil import redis_servers
+from redisutil import RedisServer, free_port, redis_servers
 
 import reactor.cluster
 from protocol.cluster import Phase
@@ -143,6 +143,58 @@ def test_info_across_nodes_when_a_user_leaves(redis, how):
             watcher.expect("USER w1", "USER w2")
             watcher.sync()
         clean_exit(nodes, leaver, *watchers)
+
+
+def test_a_node_started_before_redis_joins_when_it_comes_and_its_clients_wait(tmp_path):
+    """The engine unreachable at start: retried, logged once per attempt, the password never shown;
+    a client that connected meanwhile waits in the listen queue and is served once the node joins."""
+    engine = RedisServer(tmp_path / "redis", password="s3cret-pw")
+    port = free_port()
+    started: list = []
+    starter = threading.Thread(
+        target=lambda: started.append(node_process(engine.url(password="s3cret-pw"), "--port", str(port)))
+    )
+    try:
+        starter.start()
+        early = connect_when_listening(port)
+        early.say("LOGIN early")
+        engine.start()
+        early.expect("OK")  # LOGIN waited for the engine
+        starter.join(10)
+        (node,) = started
+        node.wait_for_stderr(rb"WARNING: engine redis://:\*\*\*@127.0.0.1:\d+/0: connection attempt 1 failed")
+        clean_exit([node], early)
+        assert b"s3cret-pw" not in node.stderr
+    finally:
+        for node in started:
+            node.kill()
+        engine.cleanup()
+
+
+def connect_when_listening(port: int, timeout: float = 10.0) -> Client:
+    """Connect as soon as something listens on ``port`` (a process that is starting)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return Client(port)
+        except ConnectionRefusedError:
+            assert time.monotonic() < deadline, f"nothing listens on {port} after {timeout} s"
+            time.sleep(0.02)  # the process binds when it is ready to; nothing to wait on before
+
+
+def test_two_cluster_names_on_one_redis_are_two_chats(redis):
+    engine = redis()
+    with cluster_processes(engine.url(), 2) as one, cluster_processes(engine.url(), 1, "--cluster-name", "other") as two:
+        alice = login(one.port, "alice")
+        bob = login(one.port, "bob")
+        other_alice = login(two.port, "alice")  # another chat: the name is free there
+        alice.say("MSG hi")
+        bob.expect("MSG alice hi")
+        other_alice.say("WHO")
+        other_alice.expect("USER alice")
+        other_alice.sync()  # and no MSG from the first chat
+        assert engine.command("EXISTS", "other:log") == 1
+        clean_exit([*one, *two], alice, bob, other_alice)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
