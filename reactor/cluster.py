@@ -456,6 +456,9 @@ class ClusterDriver:
             entries = tuple(fields[1] for _, fields in records)
             position = records[-1][0].decode()
             self._reactor.feed_machine(LogRead(entries, position))
+            if node.phase is Phase.DOWN and not self._gave_up:  # it read its own NodeDown
+                self._gave_up = True
+                log.error("cluster: node %d leaves the cluster: the others declared it down", node.node_id)
             self._folded_since_snapshot += len(entries)
             self._maybe_store_snapshot()
         self._read_on()

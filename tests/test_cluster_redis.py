@@ -35,7 +35,7 @@ from netutil import Client, cluster_processes, cluster_settings, login, node_pro
 from redisutil import RedisServer, free_port, redis_servers
 
 import reactor.cluster
-from protocol.cluster import Phase
+from protocol.cluster import NodeExpired, Phase
 from reactor.cluster import ClusterDriver
 from reactor.config import Config
 from reactor.engine import LinkState
@@ -358,6 +358,30 @@ def test_redis_restarted_within_the_lease_loses_duplicates_and_reorders_nothing(
         clean_exit(nodes, *senders, *watchers)
 
 
+def test_a_node_paused_past_its_lease_does_not_resurrect_its_users(redis):
+    """SIGSTOP a node for longer than the lease: the others see its users leave; when it wakes, its
+    users are closed with ERR server-unavailable, their last lines reach nobody, and it starts afresh."""
+    with cluster_processes(redis().url(), 2, "--cluster-lease", str(LEASE)) as nodes:
+        alice = login(nodes[0].port, "alice")
+        bob = login(nodes[1].port, "bob")
+        bob.sync()
+        nodes[0].process.send_signal(signal.SIGSTOP)
+        try:
+            bob.expect("INFO alice disconnected")  # (netutil's 5 s wait covers the lease)
+            alice.say("MSG from beyond")  # waits in the stopped node's socket
+        finally:
+            nodes[0].process.send_signal(signal.SIGCONT)
+        assert alice.read_until_closed() == b"ERR server-unavailable\n"
+        nodes[0].wait_for_stderr(  # whichever it noticed first
+            rb"ERROR: cluster: node 1 leaves the cluster: (its lease could not be renewed|the others declared it down)"
+        )
+        again = login_when_back(nodes[0].port, "alice")  # a new node, and the name is free
+        bob.say("WHO")
+        bob.expect("USER bob", "USER alice")  # the new alice, and nothing from the old one
+        bob.sync()
+        clean_exit(nodes, alice, bob, again)
+
+
 def login_when_back(port: int, name: str, timeout: float = 15.0, taken_for: float = 0.0) -> Client:
     """LOGIN as soon as the node serves again: until then each attempt is refused, ERR server-unavailable.
 
@@ -514,6 +538,24 @@ def test_a_line_read_in_the_turn_the_writer_comes_back_goes_after_the_ones_that_
     assert writer.ready
     node.clock.advance(0.3)  # the reader's reconnection too
     node.lines(bob, ["MSG alice one", "MSG alice two"])
+
+
+def test_a_node_the_others_declared_down_closes_its_clients_and_starts_a_new_node(redis, hand_driven, caplog):
+    """The log says it is dead (another node saw its lease gone): it never serves again, its process does."""
+    engine = redis()
+    doomed, judge = hand_driven(engine.url()), hand_driven(engine.url())
+    alice = doomed.login("alice")
+    old = doomed.driver.node
+    judge.reactor.feed_machine(NodeExpired(old.node_id))  # as if its lease had run out
+    judge.until(lambda: not judge.driver.node.unconfirmed_count, "the NodeDown in the log")
+    doomed.lines(alice, ["ERR server-unavailable"])
+    alice.close()
+    doomed.until(lambda: doomed.driver.node is not old and doomed.driver.joined, "a new node serving")
+    bob = doomed.login("bob")
+    bob.say("WHO")
+    doomed.lines(bob, ["USER bob"])
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [f"cluster: node {old.node_id} leaves the cluster: the others declared it down"]
 
 
 def lose_the_lease(node: HandDriven, engine) -> None:
