@@ -21,17 +21,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 import select
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 
 import pytest
 from loopharness import FakeClock, NeverSleeps, Peer
-from netutil import Client, cluster_processes, cluster_settings, login, node_process, threaded_cluster
+from netutil import ROOT, Client, cluster_processes, cluster_settings, login, node_process, threaded_cluster
 from redisutil import RedisServer, free_port, redis_servers
 
 import reactor.cluster
@@ -169,6 +172,30 @@ def test_a_node_started_before_redis_joins_when_it_comes_and_its_clients_wait(tm
         for node in started:
             node.kill()
         engine.cleanup()
+
+
+def test_a_node_stopped_while_it_waits_for_redis_exits_zero():
+    """SIGTERM before the node ever joined: nothing to tell anyone, exit 0, no startup line."""
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reactor", "--host", "127.0.0.1", "--port", "0", "--cluster", url],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        stderr = b""
+        deadline = time.monotonic() + 10
+        while b"connection attempt 1 failed" not in stderr:
+            assert time.monotonic() < deadline and process.poll() is None, stderr
+            if select.select([process.stderr], [], [], 0.5)[0]:
+                stderr += os.read(process.stderr.fileno(), 65536)
+        process.send_signal(signal.SIGTERM)
+        out, rest = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=10)
+    assert process.returncode == 0 and out == b""
+    assert (stderr + rest).decode().splitlines()[-1] == "Server stopped"
 
 
 def connect_when_listening(port: int, timeout: float = 10.0) -> Client:
