@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+import test_interop
 from loopharness import FakeClock, NeverSleeps, Peer
 from netutil import ROOT, Client, cluster_processes, cluster_settings, login, node_process, threaded_cluster
 from redisutil import RedisServer, free_port, redis_servers
@@ -44,6 +45,8 @@ from reactor.config import Config
 from reactor.engine import LinkState
 from reactor.loop import Reactor
 
+HALF_CLOSE_SCRIPTS = test_interop.SCRIPTS
+"""Lines and the answers to them before the end of stream (the interoperability tests' table)."""
 
 @pytest.fixture
 def redis(tmp_path):
@@ -243,6 +246,24 @@ def test_a_node_stopped_by_a_signal_tells_its_users_and_the_others_see_them_leav
         assert status == 0 and b"Traceback" not in err
         heir = login(nodes[1].port, "alice")  # the name is free
         clean_exit(nodes[1:], carol, heir)
+
+
+@pytest.mark.parametrize("script", sorted(HALF_CLOSE_SCRIPTS))
+def test_every_line_before_end_of_stream_is_answered_before_the_node_closes(redis, script):
+    """A client that sends its lines and half-closes at once (``printf ... | nc -N``) gets every answer:
+    the end of its stream comes before the log's answers do, and must wait for them."""
+    sent, expected = HALF_CLOSE_SCRIPTS[script]
+    with threaded_cluster(redis().url(), 2) as nodes:
+        client = Client(nodes[0].port)
+        client.send(sent)
+        client.half_close()
+        assert client.read_until_closed() == expected
+        # "a" left: its node appended its departure when it closed it, before it could read
+        # a later LOGIN.  (On the other node that LOGIN may reach the log first: one order,
+        # but nothing orders one node's close before another node's next line.)
+        watcher = login(nodes[0].port, "watcher")
+        watcher.say("WHO")
+        watcher.expect("USER watcher")
 
 
 def test_a_hundred_connections_on_three_nodes_race_for_one_name(redis):
