@@ -264,6 +264,7 @@ def test_every_line_before_end_of_stream_is_answered_before_the_node_closes(redi
         watcher = login(nodes[0].port, "watcher")
         watcher.say("WHO")
         watcher.expect("USER watcher")
+        watcher.close()
 
 
 def test_a_hundred_connections_on_three_nodes_race_for_one_name(redis):
