@@ -290,6 +290,8 @@ class ClusterDriver:
             self._maybe_start()
         else:
             self._keep_lease()
+            if self._down:
+                return  # its lease ran out meanwhile: its clients were told, their lines go nowhere
             for entry in self.node.unconfirmed():  # at least once; the fold drops copies
                 self.writer.send((b"XADD", self._keys.log, b"*", b"e", entry), self._appended)
 
