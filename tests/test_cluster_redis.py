@@ -607,6 +607,48 @@ def test_a_node_the_others_declared_down_closes_its_clients_and_starts_a_new_nod
     assert errors == [f"cluster: node {old.node_id} leaves the cluster: the others declared it down"]
 
 
+def test_a_writer_back_after_the_lease_ran_out_sends_none_of_the_lines_that_waited(redis, hand_driven):
+    """The lease ran out between two looks at it, and the writer reconnects just then: the node gives
+    up (its clients are told) and appends nothing, or a line its sender saw fail would reach others."""
+    engine = redis()
+    judge = hand_driven(engine.url(), cluster_lease=60)  # (its own clock does not move: a long lease)
+    doomed = hand_driven(engine.url(), cluster_lease=LEASE)
+    bob, alice = judge.login("bob"), doomed.login("alice")
+    writer = doomed.driver.writer
+    renewed = doomed.driver._renewed_at
+    engine.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    engine.pause()  # connections are accepted, nothing answers
+    try:
+        doomed.until(lambda: not writer.ready, "the writer lost")
+        alice.say("MSG late")  # waits for the engine
+        doomed.until(lambda: doomed.driver.node.unconfirmed_count, "the line waiting")
+        # Every timer due up to the lease's end runs (the writer tries again, its handshake gets
+        # no answer; the lease is looked at every third of it and has not run out); then the
+        # clock moves just past the end, before the next look.
+        wheel, limit = doomed.reactor._wheel, renewed + LEASE
+        for _ in range(100):
+            due = wheel.next_wakeup()
+            if due is None or due > limit:
+                break
+            doomed.clock.now = max(doomed.clock.now, due)
+            doomed.reactor.run_once()
+        doomed.clock.now = limit + 0.01
+        assert wheel.next_wakeup() > doomed.clock.now
+        doomed.reactor.run_once()
+        doomed.until(lambda: writer.state is LinkState.HANDSHAKING, "the writer handshaking")
+        assert doomed.driver.joined
+    finally:
+        engine.resume()
+    doomed.lines(alice, ["ERR server-unavailable"])  # noticed when the writer came back
+    doomed.until(lambda: writer.ready and not writer.pending_commands, "the writer's commands done")
+    links = (judge.driver.writer, judge.driver.reader)
+    judge.until(lambda: not any(link.ready for link in links), "the judge's links cut too")
+    judge.clock.advance(0.5)  # they try again
+    judge.until(lambda: all(link.ready for link in links), "the judge's links back")
+    bob.say("WHO")
+    judge.lines(bob, ["USER bob", "USER alice"])  # and no MSG alice late before them
+
+
 def lose_the_lease(node: HandDriven, engine) -> None:
     """Cut both links and let more than a lease pass on the node's clock: it gives up its node."""
     engine.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
