@@ -21,27 +21,47 @@ and a clock, driven by the same ``selectors`` loop as the clients:
   ``--cluster-lease``, renewed every third of it.  A renewal that has not
   succeeded for a whole lease means the others may have declared this node
   down: the node reports ``ClusterUnavailable`` and closes its clients
-  with ``ERR server-unavailable``.  Every third of a lease the node also
-  looks at the other live nodes' leases and reports ``NodeExpired`` for
-  each one that is gone; the node appends their ``NodeDown``.
+  with ``ERR server-unavailable``.  Every third of a lease, and once as
+  soon as it joins, the node also asks how long the other live nodes'
+  leases have left (``PTTL``): one about to run out is asked about again
+  just after its end, and one that is gone is reported ``NodeExpired``;
+  the node appends its ``NodeDown``.  So a dead node's users leave within
+  a lease (and a round trip) of its last renewal.
 - **Nothing lost, nothing twice.**  An entry stays in the node's
   ``unconfirmed()`` until it is read back.  When the writer reconnects, all
   of them are appended again (their serials make the fold drop the copies
-  that had made it); when the reader reconnects, it reads on from the last
-  position it had.  A Redis restart with its data (AOF) within the lease
-  is thus a delay, not a loss.  ``<name>:epoch``, a random value set when
-  the stream is first used, tells a Redis that lost its data from one that
-  kept it: a different epoch after a reconnect is ``ClusterUnavailable``.
+  that had made it), and no new entry goes out before them: the fold
+  drops an entry whose serial is not above its author's last one, so a
+  new entry ahead of those that waited would make copies of them.  When
+  the reader reconnects, it reads on from the last position it had.  A
+  Redis restart with its data (AOF) within the lease is thus a delay, not
+  a loss.  ``<name>:epoch``, a random value set when the stream is first
+  used, tells a Redis that lost its data from one that kept it: each link
+  reads it after every reconnect, before anything else (the reader may
+  come back first, and must not read a new log from an old position), and
+  a different epoch is ``ClusterUnavailable``.
 - **Snapshots and trimming.**  The live node with the lowest id stores
   ``encode_snapshot(node.snapshot())`` every ``SNAPSHOT_EVERY`` entries,
   with a script that keeps only a later position, and then trims the
   stream up to the *previous* snapshot's position (a snapshot's worth of
   slack for a slow reader).  A reader whose position falls before what was
-  trimmed (``max-deleted-entry-id``) would show a partial picture: it
-  reports ``ClusterUnavailable`` instead.
-- **After ``ClusterUnavailable``** the node is finished.  Once its last
-  client is gone and the engine answers again, a new node with a new id
-  joins from the snapshot; the process never exits because of the engine.
+  trimmed (the first entry left comes after it, see ``_trimmed_past``)
+  would show a partial picture: it reports ``ClusterUnavailable`` instead,
+  and the next node starts from the snapshot.  The check (``XINFO
+  STREAM``) leaves with each ``XREAD``, in the same write.  A snapshot
+  that does not decode is logged and ignored: the node starts from the
+  log's beginning, which works until the log is trimmed; after that it
+  cannot join, and tries again (backing off up to a lease) until a live
+  node has stored a good one.
+- **After ``ClusterUnavailable``**, or when the log says the node is
+  dead (its own ``NodeDown``, appended by another node), the node is
+  finished.  Once its last client is gone and the engine answers again, a
+  new node with a new id joins from the snapshot (a client the old node
+  refused meanwhile delays the swap, not the lease), and reports the old
+  node expired as soon as it joins, so the old node's users leave and
+  their names are free at once; the process never exits because of the
+  engine.  A reply to the reader that comes for a node already replaced
+  is dropped.
 - **Bounded memory.**  While the engine is away, entries pile up in
   ``unconfirmed()``.  Past ``--cluster-buffer`` bytes the loop stops
   handling clients' lines (``full``), as flood control does, until the
@@ -67,12 +87,13 @@ from protocol.cluster import (
     LogRead,
     NodeExpired,
     NodeStarted,
+    Phase,
     decode_snapshot,
     encode_snapshot,
 )
 from protocol.cluster.codec import DecodeError
 
-from .engine import EngineError, LinkLost, RedisAddress, RedisLink
+from .engine import Backoff, EngineError, LinkLost, RedisAddress, RedisLink
 from .timers import CallbackTimer
 
 if TYPE_CHECKING:
@@ -84,6 +105,14 @@ READ_BLOCK_MS = 1000
 """How long one ``XREAD`` waits for entries; the reader's silence past this plus a margin is a lost link."""
 READ_COUNT = 1000
 """Entries one ``XREAD`` returns at most."""
+ENTRY_OVERHEAD = 256
+"""Bytes of Python objects per entry waiting for the engine, besides its own bytes: its tuple,
+bytes object and slots in ``node.unconfirmed()`` (about 185, measured with tracemalloc) and an
+unsent XADD's object and slots in the writer (about 50); the XADD's bytes are ``unsent_bytes``."""
+LEASE_MARGIN = 0.05
+"""Seconds after another node's lease should have run out before it is asked about again."""
+START_BACKOFF = 0.5
+"""Seconds before the next node after one that could not start or gave up; it doubles up to the lease."""
 SNAPSHOT_EVERY = 10_000
 """Entries folded between two snapshots (by the live node with the lowest id)."""
 
@@ -131,14 +160,24 @@ class ClusterDriver:
         self.node: ClusterNode | None = None  # the current node, once it has an id
         self._epoch: bytes | None = None
         self._starting = False  # a new node's id, snapshot and lease are being fetched
+        self._leased: tuple[int, Any, float] | None = None  # a new node's id, snapshot, lease time
+        self._predecessors: list[int] = []  # this process's nodes that gave up: down once a new one joins
+        # A node that could not start or gave up is followed by the next one after a backoff,
+        # so an engine that keeps refusing (a trimmed log, a key of the wrong type) is not hammered.
+        self._start_backoff = Backoff(START_BACKOFF, max(START_BACKOFF, lease), random)
+        self._next_start_at = 0.0
+        self._start_timer = CallbackTimer(self._maybe_start)
+        self._resumed = False  # the writer's connection has re-sent what waited: appends go straight
+        self._reader_checked = False  # the reader's connection saw the epoch: it may read
         self._reading = False  # an XREAD is out on the reader link
         self._renewed_at = 0.0  # when the lease was last renewed, successfully
         self._folded_since_snapshot = 0
         self._last_snapshot_position: str | None = None
-        self._down = False  # the current node reported ClusterUnavailable
+        self._gave_up = False  # the current node reported ClusterUnavailable
         self._stopping = False
         self._joined_told = False
         self._link_timers: dict[RedisLink, CallbackTimer] = {}
+        self._lease_timers: dict[int, CallbackTimer] = {}  # other nodes' leases about to run out
         self.writer: RedisLink
         self.reader: RedisLink
 
@@ -173,28 +212,49 @@ class ClusterDriver:
 
     @property
     def full(self) -> bool:
-        """Whether entries waiting for the engine passed ``--cluster-buffer``: read no client now."""
-        return self.node is not None and self.node.unconfirmed_bytes > self._buffer
+        """Whether entries waiting for the engine passed ``--cluster-buffer``: read no client now.
+
+        What they hold in memory counts, not only their bytes: a short MSG's
+        entry is about 30 bytes, and the objects that keep it about 250 more.
+        """
+        node = self.node
+        if node is None:
+            return False
+        held = node.unconfirmed_bytes + node.unconfirmed_count * ENTRY_OVERHEAD + self.writer.unsent_bytes
+        return held > self._buffer
 
     @property
     def finished(self) -> bool:
         """At shutdown: whether the node's last entries (its NodeDown) are in the log."""
-        return self.node is None or not self.node.unconfirmed() or not self.writer.ready
+        node = self.node
+        return node is None or not node.unconfirmed_bytes or not self.writer.ready or self._down
+
+    @property
+    def _down(self) -> bool:
+        """Whether the current node is finished: it lost the cluster, or the log says it is dead."""
+        node = self.node
+        return node is not None and (self._gave_up or node.phase is Phase.DOWN)
 
     def append(self, effect: Append) -> None:
         """The node's ``Append``: an ``XADD`` now, or after the next reconnect."""
-        if self.writer.ready and not self._starting:
+        if self._resumed and self.writer.ready and not self._starting and not self._down:
             self.writer.send((b"XADD", self._keys.log, b"*", b"e", effect.entry), self._appended)
-        # Otherwise it waits in node.unconfirmed(), which the writer sends when it is back.
+        # Otherwise it waits in node.unconfirmed(), which the writer sends when it is back, in
+        # order: an entry appended before those that waited would make the fold drop them.
 
     def end_of_turn(self) -> None:
         """Flush the links (one write each for the whole turn) and arm their deadlines."""
         assert self._reactor is not None
-        if self._down and self.node is not None and not len(self.node) and self.writer.ready:
-            self._start_node()  # the old node's clients are gone and the engine is back
+        if self._leased is not None:
+            self._serve_new_node()  # once the old node's last refused client is gone
+        else:
+            self._maybe_start()  # the old node's clients are gone and the engine is back
         if self.node is not None and self.node.joined and not self._joined_told:
             self._joined_told = True
             self._reactor.cluster_joined()
+            self._start_backoff.reset()
+            self._retire_predecessors()
+            self._watch_leases()  # nodes that died before this one joined leave now, not a lease later
         for link, timer in self._link_timers.items():
             link.flush()
             due = link.wakeup_at
@@ -215,6 +275,7 @@ class ClusterDriver:
 
     def _writer_ready(self) -> None:
         """Connected (again): check the engine kept its data, then start or resume the node."""
+        self._resumed = False
         keys = self._keys
         self.writer.send((b"SET", keys.epoch, os.urandom(8).hex().encode(), b"NX"))
         self.writer.send((b"GET", keys.epoch), self._epoch_checked)
@@ -222,29 +283,59 @@ class ClusterDriver:
     def _epoch_checked(self, epoch: Any) -> None:
         if isinstance(epoch, EngineError):
             return  # the link went down again; this runs anew when it is back
+        self._resumed = True
+        if not self._same_epoch(epoch):
+            return
+        if self.node is None or self._down:
+            self._maybe_start()
+        else:
+            self._keep_lease()
+            if self._down:
+                return  # its lease ran out meanwhile: its clients were told, their lines go nowhere
+            for entry in self.node.unconfirmed():  # at least once; the fold drops copies
+                self.writer.send((b"XADD", self._keys.log, b"*", b"e", entry), self._appended)
+
+    def _same_epoch(self, epoch: Any) -> bool:
+        """Whether the engine one link reached still has the data this node folded (its epoch)."""
         if self._epoch is None:
             self._epoch = epoch
         elif epoch != self._epoch:
             self._epoch = epoch
+            self._predecessors.clear()  # ids of a log that is gone: the new one may hand them out again
             self._turn_unavailable("the engine lost its data (a new epoch)")
-            return
-        if self.node is None or (self._down and self.node is not None and not len(self.node)):
-            self._start_node()
-        elif not self._down:
-            self._keep_lease()
-            for entry in self.node.unconfirmed():  # at least once; the fold drops copies
-                self.writer.send((b"XADD", self._keys.log, b"*", b"e", entry), self._appended)
+            return False
+        return True
 
-    def _start_node(self) -> None:
-        """A new node: an id never used before, the snapshot, the lease; then NodeStarted."""
-        if self._starting or self._stopping or not self.writer.ready:
+    def _maybe_start(self) -> None:
+        """Start a new node if one is needed (none yet, or the old one down and empty) and it is time."""
+        assert self._reactor is not None
+        node = self.node
+        if node is not None and (not self._down or len(node)):
+            return
+        if self._starting or self._leased is not None or self._stopping or not self._resumed:
+            return
+        if not self.writer.ready:
+            return
+        if self._reactor.clock() < self._next_start_at:
+            self._reactor.schedule(self._start_timer, self._next_start_at)
             return
         self._starting = True
         self.writer.send((b"INCR", self._keys.node_id), self._got_id)
 
+    def _start_later(self) -> None:
+        """The next node starts after a backoff (the one before could not start, or gave up)."""
+        assert self._reactor is not None
+        self._next_start_at = self._reactor.clock() + self._start_backoff.next_delay()
+
+    def _start_failed(self, what: str, reply: Any) -> None:
+        self._starting = False
+        if not isinstance(reply, LinkLost):  # (a lost link starts again when it is back)
+            log.error("cluster: cannot start a node: %s: %s", what, reply)
+            self._start_later()
+
     def _got_id(self, reply: Any) -> None:
         if isinstance(reply, EngineError):
-            self._starting = False
+            self._start_failed("INCR of the node id refused", reply)
             return
         node_id = int(reply)
         self.writer.send(
@@ -252,36 +343,62 @@ class ClusterDriver:
         )
 
     def _got_snapshot(self, node_id: int, data: Any) -> None:
-        if isinstance(data, EngineError):
+        if isinstance(data, LinkLost):
             self._starting = False
             return
         try:
+            if isinstance(data, EngineError):  # the key holds something else than a string
+                raise DecodeError(str(data))
             snapshot = decode_snapshot(data) if data is not None else None
         except DecodeError as error:
-            log.error("the stored cluster snapshot does not decode (%s): starting from the log", error)
+            log.error("cluster: the stored snapshot does not decode (%s): starting from the log", error)
             snapshot = None
+        assert self._reactor is not None
         lease_key = self._keys.lease(node_id)
+        sent_at = self._reactor.clock()
         self.writer.send(
             (b"SET", lease_key, b"1", b"PX", str(int(self._lease * 1000)).encode()),
-            lambda reply: self._got_lease(node_id, snapshot, reply),
+            lambda reply: self._got_lease(node_id, snapshot, sent_at, reply),
         )
 
-    def _got_lease(self, node_id: int, snapshot: Any, reply: Any) -> None:
-        assert self._reactor is not None
-        self._starting = False
+    def _got_lease(self, node_id: int, snapshot: Any, sent_at: float, reply: Any) -> None:
         if isinstance(reply, EngineError):
+            self._start_failed("the lease refused", reply)
             return
-        self._renewed_at = self._reactor.clock()
+        self._starting = False
+        self._leased = (node_id, snapshot, sent_at)
+        self._serve_new_node()
+
+    def _serve_new_node(self) -> None:
+        """The new node takes over, once the old one's last client is gone (refused ones linger a turn)."""
+        assert self._reactor is not None and self._leased is not None
+        if self.node is not None and len(self.node):
+            return
+        node_id, snapshot, self._renewed_at = self._leased
+        self._leased = None
+        if self._stopping:
+            return
+        if self.node is not None:
+            self._predecessors.append(self.node.node_id)
         node = ClusterNode(node_id, snapshot=snapshot, max_clients=self._max_clients)
         self._reactor.replace_machine(node)
         self.node = node
-        self._down = False
+        self._gave_up = False
         self._joined_told = False
         self._last_snapshot_position = snapshot.position if snapshot is not None else None
         self._reading = False
         log.info("cluster: node %d joining %s", node_id, self.address.redacted)
         self._reactor.feed_machine(NodeStarted())
         self._read_on()
+
+    def _retire_predecessors(self) -> None:
+        """The nodes this process gave up are dead for sure: their users leave now, not a lease later."""
+        assert self._reactor is not None and self.node is not None
+        live = self.node.live_nodes()
+        for node_id in self._predecessors:
+            if node_id in live and node_id != self.node.node_id:
+                self._reactor.feed_machine(NodeExpired(node_id))
+        self._predecessors.clear()
 
     def _appended(self, reply: Any) -> None:
         if isinstance(reply, EngineError) and not isinstance(reply, LinkLost):
@@ -290,50 +407,60 @@ class ClusterDriver:
     # -- the reader ------------------------------------------------------------------
 
     def _reader_ready(self) -> None:
-        self._reading = False
-        self._read_on()
+        """Connected (again): read on only from an engine that kept what this node folded."""
+        self._reader_checked = False
+        self._reading = False  # whatever was out failed with the old connection
+        self.reader.send((b"GET", self._keys.epoch), self._reader_epoch_checked)
+
+    def _reader_epoch_checked(self, epoch: Any) -> None:
+        if isinstance(epoch, EngineError):
+            return  # the link went down again; this runs anew when it is back
+        self._reader_checked = True
+        if self._epoch is None and epoch is None:
+            return  # a new cluster: the writer sets the epoch before the node starts
+        if self._same_epoch(epoch):
+            self._read_on()
 
     def _read_on(self) -> None:
-        """Check that nothing before the position was trimmed, then read on."""
-        if self.node is None or self._reading or not self.reader.ready or self._down:
+        """Read on from the node's position, with a check that nothing after it was trimmed.
+
+        Both commands leave together; their replies are for this node only:
+        one that comes after the node was replaced (an XREAD blocks for up
+        to a second) is dropped, or it would fold another position's entries.
+        """
+        node = self.node
+        if node is None or self._reading or self._down or not self.reader.ready or not self._reader_checked:
             return
         self._reading = True
-        self.reader.send((b"XINFO", b"STREAM", self._keys.log), self._trim_checked)
-
-    def _trim_checked(self, info: Any) -> None:
-        if self.node is None:
-            return
-        if isinstance(info, EngineError):
-            if not isinstance(info, LinkLost):  # no stream yet (ERR no such key): nothing trimmed
-                self._xread()
-            else:
-                self._reading = False
-            return
-        if _trimmed_past(info, self.node.position or "0-0"):
-            self._reading = False
-            self._turn_unavailable("this node fell behind the trimmed log")
-            return
-        self._xread()
-
-    def _xread(self) -> None:
-        assert self.node is not None
-        position = (self.node.position or "0-0").encode()
+        position = node.position or "0-0"
+        self.reader.send((b"XINFO", b"STREAM", self._keys.log), lambda info: self._trim_checked(node, info))
         self.reader.send(
             (b"XREAD", b"COUNT", str(READ_COUNT).encode(), b"BLOCK", str(READ_BLOCK_MS).encode(),
-             b"STREAMS", self._keys.log, position),
-            self._got_entries,
+             b"STREAMS", self._keys.log, position.encode()),
+            lambda reply: self._got_entries(node, reply),
         )
 
-    def _got_entries(self, reply: Any) -> None:
+    def _trim_checked(self, node: ClusterNode, info: Any) -> None:
+        if node is not self.node or self._down or isinstance(info, EngineError):
+            return  # (ERR no such key: no stream yet, nothing trimmed)
+        if _trimmed_past(info, node.position or "0-0"):
+            self._turn_unavailable("this node fell behind the trimmed log")  # its XREAD's reply is dropped
+
+    def _got_entries(self, node: ClusterNode, reply: Any) -> None:
         assert self._reactor is not None
+        if node is not self.node:
+            return  # read for a node that is gone
         self._reading = False
-        if isinstance(reply, EngineError) or self.node is None or self._down:
+        if isinstance(reply, EngineError) or self._down:
             return
         if reply:
             (_, records), = reply
             entries = tuple(fields[1] for _, fields in records)
             position = records[-1][0].decode()
             self._reactor.feed_machine(LogRead(entries, position))
+            if node.phase is Phase.DOWN and not self._gave_up:  # it read its own NodeDown
+                self._gave_up = True
+                log.error("cluster: node %d leaves the cluster: the others declared it down", node.node_id)
             self._folded_since_snapshot += len(entries)
             self._maybe_store_snapshot()
         self._read_on()
@@ -357,23 +484,49 @@ class ClusterDriver:
             (b"SET", self._keys.lease(node.node_id), b"1", b"PX", str(int(self._lease * 1000)).encode()),
             lambda reply: self._renewed(reply, sent_at),
         )
-        if node.joined:
-            for other in node.live_nodes():
-                if other != node.node_id:
-                    self.writer.send((b"EXISTS", self._keys.lease(other)), self._lease_seen(node, other))
+        self._watch_leases()
+
+    def _watch_leases(self) -> None:
+        """Ask how long each other live node's lease has left (``NodeExpired`` once it is gone)."""
+        node = self.node
+        if node is None or not node.joined or self._down or not self.writer.ready:
+            return
+        for other in node.live_nodes():
+            if other != node.node_id:
+                self._ask_lease(node, other)
+
+    def _ask_lease(self, node: ClusterNode, other: int) -> None:
+        key = self._keys.lease(other)
+        self.writer.send((b"PTTL", key), lambda reply: self._lease_seen(node, other, reply))
 
     def _renewed(self, reply: Any, sent_at: float) -> None:
         if not isinstance(reply, EngineError):
             self._renewed_at = max(self._renewed_at, sent_at)
 
-    def _lease_seen(self, node: ClusterNode, other: int) -> Callable[[Any], None]:
-        def seen(reply: Any) -> None:
-            assert self._reactor is not None
-            if reply == 0 and node is self.node and not self._down:
-                log.warning("cluster: node %d's lease ran out: it is down", other)
-                self._reactor.feed_machine(NodeExpired(other))
+    def _lease_seen(self, node: ClusterNode, other: int, reply: Any) -> None:
+        """A lease gone is a node down; one that runs out before the next look is looked at when it does.
 
-        return seen
+        A live node renews every third of a lease, so its lease never has
+        less than two thirds left; a dead one's runs down, and is asked
+        about again just after its end, so its users leave within a lease
+        of its last renewal, not up to a third of a lease later.
+        """
+        assert self._reactor is not None
+        if node is not self.node or self._down or isinstance(reply, EngineError):
+            return
+        if reply == -2:  # no such key
+            log.warning("cluster: node %d's lease ran out: it is down", other)
+            self._reactor.feed_machine(NodeExpired(other))
+        elif 0 <= reply < self._lease * 1000 / 3:
+            timer = self._lease_timers.get(other)
+            if timer is None:
+                timer = self._lease_timers[other] = CallbackTimer(lambda: self._look_again(node, other))
+            self._reactor.schedule(timer, self._reactor.clock() + reply / 1000 + LEASE_MARGIN)
+
+    def _look_again(self, node: ClusterNode, other: int) -> None:
+        self._lease_timers.pop(other, None)
+        if node is self.node and not self._down and self.writer.ready and other in node.live_nodes():
+            self._ask_lease(node, other)
 
     def _maybe_store_snapshot(self) -> None:
         node = self.node
@@ -399,7 +552,8 @@ class ClusterDriver:
         assert self._reactor is not None
         if self._down or self.node is None:
             return
-        self._down = True
+        self._gave_up = True
+        self._start_later()
         log.error("cluster: node %d leaves the cluster: %s", self.node.node_id, why)
         self._reactor.feed_machine(ClusterUnavailable())
 
@@ -421,17 +575,29 @@ class _Keys:
 
 
 def _trimmed_past(info: Any, position: str) -> bool:
-    """Whether ``XINFO STREAM``'s answer says entries after ``position`` were trimmed.
+    """Whether ``XINFO STREAM``'s answer says entries after ``position`` may be gone from the stream.
 
-    Redis 7 says so exactly (``max-deleted-entry-id``); with Redis 6.2 a
-    first entry later than the position counts, to be safe.
+    XTRIM does not move Redis 7's ``max-deleted-entry-id`` (only XDEL
+    does), so the test is on what is left: if entries were ever removed
+    (``entries-added`` above ``length``) and the first one left comes after
+    the position, the entries in between may have been trimmed.  Redis 6.2
+    has no count of entries added: there a first entry later than the
+    position counts, except for a node starting at the very beginning,
+    which cannot tell a trimmed log from a young one.
     """
     fields = dict(zip(info[::2], info[1::2], strict=False))
     deleted = fields.get(b"max-deleted-entry-id")
-    if deleted is not None:
-        return _later(deleted.decode(), position)
+    if deleted is not None and _later(deleted.decode(), position):
+        return True  # (entries deleted one by one: XDEL)
     first = fields.get(b"first-entry")
-    return bool(first) and _later(first[0].decode(), position) and position != "0-0"
+    added = fields.get(b"entries-added")
+    if added is not None:  # Redis 7
+        if added == fields.get(b"length"):
+            return False  # nothing was ever removed
+        if not first:  # everything was
+            return _later(fields[b"last-generated-id"].decode(), position)
+        return _later(first[0].decode(), position)
+    return bool(first) and position != "0-0" and _later(first[0].decode(), position)
 
 
 def _later(a: str, b: str) -> bool:

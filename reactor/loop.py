@@ -215,6 +215,7 @@ class Reactor:
         self._due_timers: deque[Timer] = deque()
         self._writable: list[Connection] = []
         self._parked: dict[Connection, None] = {}  # cluster mode: waiting for the engine to catch up
+        self._answers_due: dict[Connection, None] = {}  # cluster mode: ended, replies still in the log
         self._reply_limit_passed = False  # set when filing a reply; read by _pump
         self._work_share = WORK_PER_TURN  # lines per connection this turn (see _read)
         self._idle_storm: list[Connection] | None = None  # idle deadlines gathering (see _idle_expired)
@@ -426,6 +427,18 @@ class Reactor:
     def feed_machine(self, event: Event) -> None:
         """Hand ``event`` to the machine and carry out its effects, in this turn."""
         self._apply(self._machine.handle(event))
+        if self._answers_due:
+            self._close_answered()
+
+    def _close_answered(self) -> None:
+        """Connections that ended while replies were on their way from the log close once they are in."""
+        for conn in list(self._answers_due):
+            if conn.phase >= FLUSHING:
+                del self._answers_due[conn]  # closed meanwhile (QUIT, idle, the node lost the cluster)
+            elif not self._machine.waiting(conn):
+                del self._answers_due[conn]
+                self._closer.report(conn)
+                self._closer.close_after_flush(conn, self._now, self._stop_at)
 
     def replace_machine(self, machine: Any) -> None:
         """Serve with ``machine`` from now on (a new cluster node); the old one must be empty."""
@@ -678,6 +691,9 @@ class Reactor:
             else:  # the work budget ran out, or its replies passed the limit: next turn
                 self._backlog[conn] = None
         elif conn.phase is not OPEN:  # DRAINING, and every line handled
+            if self._cluster is not None and self._machine.waiting(conn):
+                self._answers_due[conn] = None  # its last replies come from the log: close after them
+                return
             self._closer.report(conn)
             self._closer.close_after_flush(conn, self._now, self._stop_at)
             return

@@ -190,6 +190,7 @@ class ThreadedServer:
             selector=selector,
             tls_listeners=tls_listeners,
             tls_context=tls_context,
+            cluster=_cluster_driver(self.config),
         )
         self._error: list[BaseException] = []
         self._thread = threading.Thread(target=self._run, name="reactor", daemon=True)
@@ -219,6 +220,18 @@ class ThreadedServer:
         if self._error:
             raise self._error[0]
         assert not self._errors.records, [record.getMessage() for record in self._errors.records]
+
+
+def _cluster_driver(config: Config):
+    """Cluster mode's engine side for a node with ``config.cluster`` (as the daemon makes it)."""
+    if config.cluster is None:
+        return None
+    from reactor.cluster import ClusterDriver
+
+    return ClusterDriver(
+        config.cluster, name=config.cluster_name, lease=config.cluster_lease,
+        buffer=config.cluster_buffer, max_clients=config.max_clients,
+    )
 
 
 @contextlib.contextmanager
@@ -356,3 +369,75 @@ def server_process(*args: str, env: dict | None = None) -> Iterator[ServerProces
         yield server
     finally:
         server.kill()
+
+
+# -- cluster mode: several servers that are one chat ------------------------------------------
+
+
+class Nodes:
+    """The nodes of one cluster, as one server to a test: each new client goes to the next node.
+
+    ``port`` hands out the nodes' ports in turn, so a test written for one
+    server (``Client(server.port)``, ``login(server.port, name)``) spreads
+    its clients over the cluster without a change.
+    """
+
+    def __init__(self, servers: list) -> None:
+        self.servers = servers
+        self._turn = 0
+
+    @property
+    def port(self) -> int:
+        server = self.servers[self._turn % len(self.servers)]
+        self._turn += 1
+        return server.port
+
+    def __len__(self) -> int:
+        return len(self.servers)
+
+    def __getitem__(self, index: int):
+        return self.servers[index]
+
+
+def cluster_settings(url: str, name: str = "chat", **settings) -> dict:
+    """``Config`` settings for a node of the cluster at ``url`` (a threaded server's ``**settings``)."""
+    from reactor.engine import parse_redis_url
+
+    return {"cluster": parse_redis_url(url), "cluster_name": name, **settings}
+
+
+@contextlib.contextmanager
+def threaded_cluster(url: str, nodes: int = 2, name: str = "chat", **settings) -> Iterator[Nodes]:
+    """``nodes`` threaded servers in one cluster (Redis at ``url``), each stopped and checked at the end."""
+    servers: list[ThreadedServer] = []
+    try:
+        for _ in range(nodes):
+            servers.append(ThreadedServer(**cluster_settings(url, name, **settings)))
+        yield Nodes(servers)
+    finally:
+        failures = []
+        for server in servers:
+            try:
+                server.stop()
+            except BaseException as error:  # stop them all, then report the first
+                failures.append(error)
+        if failures:
+            raise failures[0]
+
+
+def node_process(url: str, *args: str, env: dict | None = None) -> ServerProcess:
+    """``python -m reactor --cluster url``, started once it is in the cluster (its startup line)."""
+    return ServerProcess("--host", "127.0.0.1", "--port", "0", "--cluster", url, *args, env=env)
+
+
+@contextlib.contextmanager
+def cluster_processes(url: str, nodes: int = 2, *args: str) -> Iterator[Nodes]:
+    """``nodes`` node processes of one cluster (Redis at ``url``); killed at the end if still running."""
+    servers: list[ServerProcess] = []
+    try:
+        for _ in range(nodes):
+            servers.append(node_process(url, *args))
+        yield Nodes(servers)
+    finally:
+        for server in servers:
+            server.kill()

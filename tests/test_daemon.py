@@ -1,6 +1,14 @@
 """The chat-server process as an operator and a user meet it: started with
 ``python -m reactor`` as the README says, stopped by signals, refusing bad
-configuration, and serving a real third-party client."""
+configuration, and serving a real third-party client.
+
+The seed README's sessions (raw sockets and netcat) and the README's
+piped netcat line also run against two ``--cluster`` nodes on a real
+Redis, the terminals alternating between them (conftest.py's
+``daemons``).  The rest is about one process: its
+output lines, its signals and exit statuses, its flags; cluster mode's own
+(a node stopped by a signal, bad Redis URLs) are in
+test_cluster_redis.py and test_config.py."""
 
 from __future__ import annotations
 
@@ -206,38 +214,38 @@ def test_help_and_version():
 
 
 @pytest.mark.parametrize("session", seed.SESSIONS, ids=seed.session_name)
-def test_the_seed_readme_sessions_against_python_m_reactor(session):
-    """The README's sessions, raw sockets, the daemon started as the README says."""
-    with server_process() as server:
-        seed.play(session, lambda: Client(server.port))
+def test_the_seed_readme_sessions_against_python_m_reactor(daemons, session):
+    """The README's sessions, raw sockets, the daemon started as the README says (or two cluster nodes)."""
+    seed.play(session, lambda: Client(daemons.port))
+    for server in daemons:
         status, _, err = server.stop()
-    assert status == 0 and b"Traceback" not in err
+        assert status == 0 and b"Traceback" not in err
 
 
 # -- a real third-party client --------------------------------------------------------------
 
 
 @pytest.mark.parametrize("session", seed.SESSIONS, ids=seed.session_name)
-def test_the_seed_readme_sessions_through_netcat(session):
+def test_the_seed_readme_sessions_through_netcat(daemons, session):
     nc = require("nc")
-    with server_process() as server:
-        # -N: shut the socket down when standard input ends, as a scripted user would.
-        seed.play(session, lambda: ProcessClient([nc, "-N", "127.0.0.1", str(server.port)]))
+    # -N: shut the socket down when standard input ends, as a scripted user would.
+    seed.play(session, lambda: ProcessClient([nc, "-N", "127.0.0.1", str(daemons.port)]))
 
-def test_the_readme_s_piped_netcat_line_ends_by_itself():
+
+def test_the_readme_s_piped_netcat_line_ends_by_itself(daemons):
     """README: ``printf ... | nc -N localhost 4000`` prints the answers and exits, with no QUIT."""
     require("nc")
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     match = re.search(r"\n\$ (printf [^\n]*\| nc -N) localhost 4000\n(.*?)```", readme, flags=re.S)
     assert match, "README.md has no piped nc example"
     pipeline, expected = match.groups()
-    with server_process() as server:
-        result = subprocess.run(
-            ["sh", "-c", f"{pipeline} 127.0.0.1 {server.port}"], capture_output=True, text=True, timeout=20
-        )
-        status, _, _ = server.stop()
+    result = subprocess.run(
+        ["sh", "-c", f"{pipeline} 127.0.0.1 {daemons.port}"], capture_output=True, text=True, timeout=20
+    )
     assert (result.returncode, result.stdout) == (0, expected)
-    assert status == 0
+    for server in daemons:
+        status, _, _ = server.stop()
+        assert status == 0
 
 
 def test_the_garbage_collector_is_tuned_for_long_lived_connections():

@@ -2,7 +2,17 @@
 abrupt disconnects.  A reactor runs in a thread of the test process; the
 daemon's own behaviour (signals, exit statuses) is in test_daemon.py, and the
 seed README's sessions over raw TCP, once per selector kind, in
-test_selectors.py."""
+test_selectors.py.
+
+Every test that takes ``server`` or ``serve`` runs twice: against one
+server, and against a cluster of two nodes on a real Redis (conftest.py),
+its clients alternating between the nodes; a client cannot tell the
+difference.  Four tests are about one process and run standalone only:
+the wheel with no idle timer (a node also has its lease's timers), the
+accepted sockets' TCP_NODELAY and the socket margin past --max-clients
+(one process's sockets and machine; --max-clients is per node), and an
+internal error in the machine (in a cluster the replica's ChatMachine
+runs on every node, so a bug there is not one connection's)."""
 
 from __future__ import annotations
 
@@ -16,7 +26,15 @@ from protocol import ChatMachine, LineReceived
 
 
 @pytest.fixture
-def server():
+def server(serve):
+    """One server, or a cluster of two (conftest.py's ``serve``): every test that takes it runs on both."""
+    with serve() as running:
+        yield running
+
+
+@pytest.fixture
+def one_process():
+    """For the tests about one process's own parts (its wheel, its sockets, its machine)."""
     with threaded_server() as running:
         yield running
 
@@ -192,8 +210,8 @@ def test_lines_sent_after_quit_are_not_run(server):
 # tests/test_loop_clock.py; here, that it works over real TCP.
 
 
-def test_idle_anonymous_connection_times_out_too():
-    with threaded_server(idle_timeout=0.2) as server:
+def test_idle_anonymous_connection_times_out_too(serve):
+    with serve(idle_timeout=0.2) as server:
         client = Client(server.port)
         assert client.read_until_closed() == b"ERR idle-timeout\n"
 
@@ -209,7 +227,8 @@ def test_idle_timeout_zero_turns_it_off():
 # -- sockets are tuned ------------------------------------------------------------------------
 
 
-def test_accepted_sockets_have_tcp_nodelay(server):
+def test_accepted_sockets_have_tcp_nodelay(one_process):
+    server = one_process
     client = login(server.port, "fast")
     (conn,) = list(server.reactor._connections)
     assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)

@@ -286,6 +286,11 @@ class ClusterNode:
         return self._unconfirmed_bytes
 
     @property
+    def unconfirmed_count(self) -> int:
+        """``len(unconfirmed())`` without the list: each entry also costs its objects' overhead."""
+        return len(self._unconfirmed)
+
+    @property
     def user_count(self) -> int:
         """How many of this node's own clients are logged in."""
         return len(self._members)
