@@ -885,6 +885,61 @@ def test_a_paste_while_messages_pour_in_tears_no_line(pty_client):
     assert others == ["MSG bob " + text for text in received]
 
 
+def main_thread(pid: int) -> tuple[list[str], int]:
+    """The main thread's system call (proc(5): its number and arguments, or ``running``) and sleeps so far."""
+    task = f"/proc/{pid}/task/{pid}"
+    with open(f"{task}/syscall") as syscall:
+        call = syscall.read().split()
+    with open(f"{task}/status") as status:
+        sleeps = next(int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt_switches:"))
+    return call, sleeps
+
+
+def wait_for_main_thread(pid: int, what: str, predicate: Callable[[list[str], int], bool]) -> tuple:
+    """Poll the main thread (/proc has no event to wait on) every 10 ms until ``predicate`` holds."""
+    deadline = time.monotonic() + TIMEOUT
+    for _ in range(int(TIMEOUT / 0.01) + 1):
+        call, sleeps = main_thread(pid)
+        if predicate(call, sleeps):
+            return call, sleeps
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.01)
+    raise AssertionError(f"the client's main thread never {what} within {TIMEOUT} s; it shows {call}")
+
+
+def test_output_paused_with_ctrl_s_loses_nothing_readline_wrote(pty_client):
+    """Ctrl+S, a line typed, a message, Ctrl+Q: the line, then the message, each on its own row.
+
+    While output is paused, readline's echo of the line waits in write(),
+    where the signal asking to draw the message interrupts it.  The write
+    must resume: glibc drops a stdio buffer whose write failed with EINTR,
+    and the line and its newline would be missing from the screen (though
+    sent), the message glued to the prompt.  The client's main thread is
+    watched in /proc: blocked writing to the terminal, then woken there.
+    """
+    if not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/syscall"):
+        pytest.skip("watches the client's main thread in /proc/PID/task: Linux only")
+    with threaded_server() as server:
+        bob = login(server.port, "bob")
+        alice = pty_client(server.port, "--login", "alice")
+        logged_in(alice)
+        pid = alice.process.pid
+        idle, _ = wait_for_main_thread(pid, "waited for keys", lambda call, _: call[0] not in ("running", "-1"))
+        alice.type(b"\x13MSG x\r")  # Ctrl+S (XOFF): the terminal takes no output until Ctrl+Q
+        _, sleeps = wait_for_main_thread(
+            pid,
+            "blocked writing to the terminal",
+            lambda call, _: call[0] not in (idle[0], "running", "-1") and call[1:2] == ["0x1"],
+        )
+        bob.say("MSG hi")
+        wait_for_main_thread(pid, "was woken by the draw signal", lambda _, now: now > sleeps)
+        alice.type(b"\x11")  # Ctrl+Q (XON)
+        bob.expect("MSG alice x")
+        alice.wait_for(lambda: "MSG bob hi" in alice.screen.text() and alice.at_prompt(""), "the message")
+    assert alice.screen.lines()[2:] == ["> MSG x", "MSG bob hi", ">"], alice.seen()
+
+
 @pytest.mark.parametrize("typed", ["MSG abcdefghijklmn", "MSG abcdefghijklmnopqrstuvwxyz"])
 def test_an_input_longer_than_a_row_is_redrawn_whole(pty_client, typed):
     """On a 20-column terminal: an input that exactly fills a row, and one that wraps."""
