@@ -470,7 +470,15 @@ class _Interactive:
             self._interrupt_main()
 
     def _receive_once(self, lines: _Lines) -> bool:
-        """One wait: show what arrived, pass on a Ctrl+C; True once the connection has ended."""
+        """One wait: show what arrived, pass on a Ctrl+C; True once the connection has ended.
+
+        The screen is poked when bytes arrived, and again each time a wait
+        of ``WAKE_INTERVAL`` ends with lines still undrawn; not when only
+        the wake-up socket stirred.  Every poke is a signal, and every
+        signal writes its number to that socket: poking for it would bounce
+        signals between the two threads as fast as they run, for as long as
+        the main thread cannot draw (a long paste, output paused with Ctrl+S).
+        """
         waiting = self._screen.undrawn()
         watched: list[Link | socket.socket] = [self._signals]
         if waiting <= MAX_UNDRAWN:
@@ -484,7 +492,8 @@ class _Interactive:
                 self._screen.show(line)
             if ended:
                 return True
-        self._screen.poke()
+        if self._link in readable or not readable:
+            self._screen.poke()
         return False
 
     def _interrupt_main(self) -> None:

@@ -33,16 +33,33 @@ Python's readline module exposes neither ``rl_forced_update_display`` nor
 library is GNU readline, otherwise the cursor is taken to be at the end of
 the line, where it is while someone types.
 
+*The signal must not cost readline a byte.*  Readline writes through C
+stdio, and when a ``write()`` fails with EINTR, glibc drops what it had
+buffered: an echoed key, or the newline after Enter, never reaches the
+terminal though readline believes it did, and the next received line is
+glued to the input (``> MSG hiMSG bob yo``).  A terminal write fails so
+when the signal arrives while it is in the kernel and before it took a
+byte: a rare instant on an idle machine, a likely one when the terminal is
+slow to take output (a loaded machine) or has paused it (Ctrl+S).  Python
+installs its handlers without SA_RESTART, so ``read_line`` sets it for
+``DRAW_SIGNAL`` while ``input()`` runs: the kernel then resumes an
+interrupted write (or read) by itself, while ``select()``, which Linux, the
+BSDs and macOS never restart after a handler, still fails with EINTR and
+lets the handler run.  Outside ``input()`` the flag is cleared again, so
+the signal still interrupts anything else the main thread may block in (a
+``send``).
+
 A signal that reaches the main thread while readline handles a key, not
-while it waits in ``select()``, is only noticed at the next interruption,
-so the reader thread sends it again every 20 ms while lines wait.  When
-the handler runs elsewhere in the main thread (between two lines, during a
-``send``), the cursor is at the start of a fresh row and the lines are
-printed plainly.  ``_editing`` (inside ``input()``), ``_prompt_shown``
-(readline's pre-input hook ran) and readline's ``rl_done`` (Enter taken)
-tell the two cases apart.  The hook is a ``functools.partial`` of
-``setattr``: it runs no Python bytecode, so no signal handler can run inside
-it, where readline would swallow the ``KeyboardInterrupt`` it raised.
+while it waits in ``select()`` (a restarted write absorbs it, too), is only
+noticed at the next interruption, so the reader thread sends it again every
+20 ms while lines wait.  When the handler runs elsewhere in the main
+thread (between two lines, during a ``send``), the cursor is at the start
+of a fresh row and the lines are printed plainly.  ``_editing`` (inside
+``input()``), ``_prompt_shown`` (readline's pre-input hook ran) and
+readline's ``rl_done`` (Enter taken) tell the two cases apart.  The hook
+is a ``functools.partial`` of ``setattr``: it runs no Python bytecode, so no
+signal handler can run inside it, where readline would swallow the
+``KeyboardInterrupt`` it raised.
 
 Once the main thread has left ``input()`` for good (``close_input``), it
 blocks the signal and the reader thread prints directly; ``Screen._lock``
@@ -273,16 +290,27 @@ class Screen:
     def read_line(self) -> str:
         """One line from the user; ``EOFError`` on Ctrl+D, ``KeyboardInterrupt`` on Ctrl+C.
 
-        Only plain assignments here: a ``KeyboardInterrupt`` can land
-        between any two of them, and none may leave a lock held.
+        Only plain assignments and calls that take no lock here: a
+        ``KeyboardInterrupt`` can land between any two of them.  While
+        readline runs, ``DRAW_SIGNAL`` restarts the system call it
+        interrupts (see the module docstring); one left restarting after a
+        ``KeyboardInterrupt`` is harmless, as the signal is then blocked
+        for good.
         """
         self._prompt_shown = not self._hooked
         self._editing = True
         try:
+            self._restart_on_draw_signal(True)
             return input(self._prompt)
         finally:
+            self._restart_on_draw_signal(False)
             self._editing = False
             self._prompt_shown = False
+
+    def _restart_on_draw_signal(self, restart: bool) -> None:
+        """Set or clear SA_RESTART for ``DRAW_SIGNAL`` (readline mode only)."""
+        if self._readline is not None and DRAW_SIGNAL is not None:
+            signal.siginterrupt(DRAW_SIGNAL, not restart)
 
     def close_input(self, interrupted: bool) -> None:
         """The main thread has left ``input()`` for good: end its line, show what is queued.

@@ -885,6 +885,66 @@ def test_a_paste_while_messages_pour_in_tears_no_line(pty_client):
     assert others == ["MSG bob " + text for text in received]
 
 
+def main_thread(pid: int) -> tuple[str, list[str], int]:
+    """The client's main thread in /proc: state (S: asleep), system call, times it went to sleep."""
+    task = f"/proc/{pid}/task/{pid}"
+    with open(f"{task}/stat") as stat:
+        state = stat.read().rpartition(")")[2].split()[0]
+    with open(f"{task}/syscall") as syscall:
+        call = syscall.read().split()
+    with open(f"{task}/status") as status:
+        sleeps = next(int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt_switches:"))
+    return state, call, sleeps
+
+
+def wait_for_main_thread(
+    pid: int, what: str, predicate: Callable[[str, list[str], int], bool]
+) -> tuple[str, list[str], int]:
+    """Poll the main thread (/proc has no event to wait on) every 10 ms until ``predicate`` holds."""
+    deadline = time.monotonic() + TIMEOUT
+    for _ in range(int(TIMEOUT / 0.01) + 1):
+        seen = main_thread(pid)
+        if predicate(*seen):
+            return seen
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.01)
+    raise AssertionError(f"the client's main thread never {what} within {TIMEOUT} s; it shows {seen}")
+
+
+def test_output_paused_with_ctrl_s_loses_nothing_readline_wrote(pty_client):
+    """Ctrl+S, a line typed, a message, Ctrl+Q: the line, then the message, each on its own row.
+
+    While output is paused, readline's echo of the line waits in write(),
+    where the signal asking to draw the message interrupts it.  The write
+    must resume: glibc drops a stdio buffer whose write failed with EINTR,
+    and the line and its newline would be missing from the screen (though
+    sent), the message glued to the prompt.  The client's main thread is
+    watched in /proc: asleep writing to the terminal (fd 1, in a call other
+    than the one it waits for keys in), then woken there.
+    """
+    if not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/syscall"):
+        pytest.skip("watches the client's main thread in /proc/PID/task: Linux only")
+    with threaded_server() as server:
+        bob = login(server.port, "bob")
+        alice = pty_client(server.port, "--login", "alice")
+        logged_in(alice)
+        pid = alice.process.pid
+        _, waiting, _ = wait_for_main_thread(pid, "slept", lambda state, call, _: state == "S")
+        alice.type(b"\x13MSG x\r")  # Ctrl+S (XOFF): the terminal takes no output until Ctrl+Q
+        _, _, sleeps = wait_for_main_thread(
+            pid,
+            "slept writing to the terminal",
+            lambda state, call, _: state == "S" and call[0] != waiting[0] and call[1:2] == ["0x1"],
+        )
+        bob.say("MSG hi")
+        wait_for_main_thread(pid, "was woken by the draw signal", lambda state, call, now: now > sleeps)
+        alice.type(b"\x11")  # Ctrl+Q (XON)
+        bob.expect("MSG alice x")
+        alice.wait_for(lambda: "MSG bob hi" in alice.screen.text() and alice.at_prompt(""), "the message")
+    assert alice.screen.lines()[2:] == ["> MSG x", "MSG bob hi", ">"], alice.seen()
+
+
 @pytest.mark.parametrize("typed", ["MSG abcdefghijklmn", "MSG abcdefghijklmnopqrstuvwxyz"])
 def test_an_input_longer_than_a_row_is_redrawn_whole(pty_client, typed):
     """On a 20-column terminal: an input that exactly fills a row, and one that wraps."""
