@@ -140,7 +140,7 @@ class Config:
     cluster: RedisAddress | None = None  # the engine; None = standalone
     cluster_name: str = DEFAULT_CLUSTER_NAME  # the prefix of every key
     cluster_lease: float = DEFAULT_CLUSTER_LEASE  # seconds a node's users outlive its last contact
-    cluster_buffer: int = DEFAULT_CLUSTER_BUFFER  # bytes of lines waiting for the engine, at most
+    cluster_buffer: int = DEFAULT_CLUSTER_BUFFER  # memory for lines waiting for the engine, at most
     workers: int = DEFAULT_WORKERS  # node processes sharing the port (Linux, cluster mode)
 
     @property
@@ -434,8 +434,8 @@ _SETTINGS = (
     ),
     _Setting(
         "cluster_buffer", None, "BYTES", _whole_number(1),
-        "most bytes of lines a node holds while they wait for Redis; past it, "
-        "senders are paused, not dropped",
+        "most memory a node spends on lines waiting for Redis (their bytes and "
+        "about 256 bytes of bookkeeping each); past it, senders are paused, not dropped",
         _CLUSTER,
         shown_default="16777216 = 16 MiB",
     ),
