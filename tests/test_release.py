@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import venv
 from pathlib import Path
 
@@ -90,6 +91,7 @@ def _warnings(output: str) -> list[str]:
     return [
         line for line in output.splitlines()
         if re.search(r"warn|deprecat", line, re.I) and "is ignored: it is neither a file nor a directory" not in line
+        and "no previously-included" not in line  # MANIFEST.in's excludes, with nothing to exclude in a clean copy
     ]
 
 
@@ -124,6 +126,16 @@ def test_python_m_build_makes_a_wheel_and_an_sdist_named_for_the_version(built):
     version = protocol.__version__
     assert built["wheel"].name == f"chat_reactor-{version}-py3-none-any.whl"
     assert built["sdist"].name == f"chat_reactor-{version}.tar.gz"
+
+
+@pytest.mark.slow
+def test_the_sdist_holds_what_its_tests_need(built):
+    with tarfile.open(built["sdist"]) as archive:
+        names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    for needed in ("CHANGELOG.md", "LICENSE", "README.md", "docs/protocol.md", "docs/chat-server.service",
+                   "tests/conftest.py", "tests/benchmarks/loadgen.py", ".ci/run", "reactor/loop.py"):
+        assert needed in names, needed
+    assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
 
 
 @pytest.mark.slow
