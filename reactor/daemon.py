@@ -410,6 +410,16 @@ def _join_cluster(reactor: Reactor, log_handler: logging.Handler) -> bool:
     return not reactor.shutting_down
 
 
+def _release(
+    reactor: Reactor, wakeup_read: socket.socket, wakeup_write: socket.socket, notifier: systemd.Notifier
+) -> None:
+    reactor.close()
+    signal.set_wakeup_fd(-1)
+    wakeup_read.close()
+    wakeup_write.close()
+    notifier.close()
+
+
 def _stopped(
     reactor: Reactor,
     wakeup_read: socket.socket,
@@ -417,12 +427,8 @@ def _stopped(
     notifier: systemd.Notifier,
     log_handler: logging.Handler,
 ) -> int:
-    """A shutdown asked for before the server was ready: release everything, exit 0."""
-    reactor.close()
-    signal.set_wakeup_fd(-1)
-    wakeup_read.close()
-    wakeup_write.close()
-    notifier.close()
+    """The loop is over (or never began: stopped while joining): release everything, exit 0."""
+    _release(reactor, wakeup_read, wakeup_write, notifier)
     log.info("Server stopped")
     log_handler.flush()
     return 0
@@ -495,12 +501,7 @@ def serve(
     log_handler.flush()  # the loop flushes at the end of a turn, and the first may be long in coming
     try:
         reactor.serve_forever()
-    finally:
-        reactor.close()
-        signal.set_wakeup_fd(-1)
-        wakeup_read.close()
-        wakeup_write.close()
-        notifier.close()
-    log.info("Server stopped")
-    log_handler.flush()
-    return 0
+    except BaseException:  # a crash: release what we hold, and let it be reported
+        _release(reactor, wakeup_read, wakeup_write, notifier)
+        raise
+    return _stopped(reactor, wakeup_read, wakeup_write, notifier, log_handler)
