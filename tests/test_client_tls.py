@@ -33,8 +33,16 @@ import trustme
 from tools import require
 
 from chatclient import cli as chat_client
+from tests import test_client
 from tests.netutil import TIMEOUT, login, threaded_server
-from tests.test_client import PtyClient, assert_one_line, bare_listener, piped_client, run_client
+from tests.test_client import (
+    assert_one_line,
+    bare_listener,
+    piped_client,
+    run_client,
+)
+
+pty_client = test_client.pty_client  # the fixture, shared
 
 _LISTENING = re.compile(rb"listening on AF=2 127\.0\.0\.1:(\d+)")
 
@@ -143,10 +151,10 @@ def test_reading_and_sending_at_once_over_tls(certificates):
     assert result.stdout == b"OK\n" + b"PONG\n" * count
 
 
-def test_a_terminal_session_over_tls(certificates, tls_pty_client):
+def test_a_terminal_session_over_tls(certificates, pty_client):
     with threaded_server() as server, tls_terminator(server.port, certificates.server) as tls_port:
         bob = login(server.port, "bob")
-        alice = tls_pty_client(tls_port, "--tls", "--cafile", str(certificates.cafile), "--login", "alice")
+        alice = pty_client(tls_port, "--tls", "--cafile", str(certificates.cafile), "--login", "alice")
         alice.wait_for(lambda: alice.screen.line(-1) == "OK" and alice.at_prompt(""), "OK, then the prompt")
         assert alice.screen.lines()[0].startswith(f"Connected to localhost port {tls_port} over TLS (TLSv1.")
         alice.type(b"MSG hello over tls\r")
@@ -186,19 +194,6 @@ def test_a_server_that_vanishes_behind_tls_is_exit_1(certificates):
     assert status == 1
 
 
-@pytest.fixture
-def tls_pty_client():
-    pytest.importorskip("pty")
-    pytest.importorskip("termios")
-    started: list[PtyClient] = []
-
-    def start(port: int, *args: str, **options) -> PtyClient:
-        started.append(PtyClient(port, *args, **options))
-        return started[-1]
-
-    yield start
-    for terminal in started:
-        terminal.close()
 
 
 # -- verification fails: one line, status 1, nothing sent -----------------------------------

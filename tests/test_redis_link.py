@@ -26,6 +26,7 @@ import hypothesis
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from loopharness import FakeClock
 from redisutil import redis_servers
 
 from reactor.config import Config
@@ -270,18 +271,6 @@ def test_without_hiredis_the_link_says_how_to_install_it(monkeypatch):
 
 # -- a small loop, as the reactor will run the links -----------------------------------------
 
-
-class FakeClock:
-    """The loop's clock, moved by hand: backoff and deadlines happen when the test says."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Loop:
