@@ -59,7 +59,9 @@ and a clock, driven by the same ``selectors`` loop as the clients:
   new node with a new id joins from the snapshot (a client the old node
   refused meanwhile delays the swap, not the lease), and reports the old
   node expired as soon as it joins, so the old node's users leave and
-  their names are free at once; the process never exits because of the
+  their names are free at once (unless the engine lost its data between
+  the two: ids start again at 1 in an empty Redis, and the old id may be
+  another node's by then); the process never exits because of the
   engine.  A reply to the reader that comes for a node already replaced
   is dropped.
 - **Bounded memory.**  While the engine is away, entries pile up in
@@ -160,7 +162,9 @@ class ClusterDriver:
         self.node: ClusterNode | None = None  # the current node, once it has an id
         self._epoch: bytes | None = None
         self._starting = False  # a new node's id, snapshot and lease are being fetched
-        self._leased: tuple[int, Any, float] | None = None  # a new node's id, snapshot, lease time
+        self._leased: tuple[int, Any, float, bytes | None] | None = None  # a new node's id, snapshot,
+        # lease time and the epoch its id came from
+        self._node_epoch: bytes | None = None  # the epoch of the log the current node's id belongs to
         self._predecessors: list[int] = []  # this process's nodes that gave up: down once a new one joins
         # A node that could not start or gave up is followed by the next one after a backoff,
         # so an engine that keeps refusing (a trimmed log, a key of the wrong type) is not hammered.
@@ -301,7 +305,7 @@ class ClusterDriver:
             self._epoch = epoch
         elif epoch != self._epoch:
             self._epoch = epoch
-            self._predecessors.clear()  # ids of a log that is gone: the new one may hand them out again
+            self._predecessors.clear()  # ids of a log that is gone: the new one hands them out again
             self._turn_unavailable("the engine lost its data (a new epoch)")
             return False
         return True
@@ -337,12 +341,12 @@ class ClusterDriver:
         if isinstance(reply, EngineError):
             self._start_failed("INCR of the node id refused", reply)
             return
-        node_id = int(reply)
+        node_id, epoch = int(reply), self._epoch
         self.writer.send(
-            (b"GET", self._keys.snapshot), lambda snapshot: self._got_snapshot(node_id, snapshot)
+            (b"GET", self._keys.snapshot), lambda snapshot: self._got_snapshot(node_id, epoch, snapshot)
         )
 
-    def _got_snapshot(self, node_id: int, data: Any) -> None:
+    def _got_snapshot(self, node_id: int, epoch: bytes | None, data: Any) -> None:
         if isinstance(data, LinkLost):
             self._starting = False
             return
@@ -358,15 +362,15 @@ class ClusterDriver:
         sent_at = self._reactor.clock()
         self.writer.send(
             (b"SET", lease_key, b"1", b"PX", str(int(self._lease * 1000)).encode()),
-            lambda reply: self._got_lease(node_id, snapshot, sent_at, reply),
+            lambda reply: self._got_lease(node_id, snapshot, sent_at, epoch, reply),
         )
 
-    def _got_lease(self, node_id: int, snapshot: Any, sent_at: float, reply: Any) -> None:
+    def _got_lease(self, node_id: int, snapshot: Any, sent_at: float, epoch: bytes | None, reply: Any) -> None:
         if isinstance(reply, EngineError):
             self._start_failed("the lease refused", reply)
             return
         self._starting = False
-        self._leased = (node_id, snapshot, sent_at)
+        self._leased = (node_id, snapshot, sent_at, epoch)
         self._serve_new_node()
 
     def _serve_new_node(self) -> None:
@@ -374,12 +378,17 @@ class ClusterDriver:
         assert self._reactor is not None and self._leased is not None
         if self.node is not None and len(self.node):
             return
-        node_id, snapshot, self._renewed_at = self._leased
+        node_id, snapshot, self._renewed_at, epoch = self._leased
         self._leased = None
         if self._stopping:
             return
-        if self.node is not None:
+        if epoch != self._epoch:  # the engine lost its data since the id was handed out: another one
+            self._maybe_start()
+            return
+        if self.node is not None and self._node_epoch == epoch:
+            # Only a predecessor in the same log: after a new epoch its id may be another node's.
             self._predecessors.append(self.node.node_id)
+        self._node_epoch = epoch
         node = ClusterNode(node_id, snapshot=snapshot, max_clients=self._max_clients)
         self._reactor.replace_machine(node)
         self.node = node

@@ -522,6 +522,15 @@ class HandDriven:
             assert time.monotonic() < deadline, f"not {what} within {timeout} s"
             self.reactor.run_once()
 
+    def until_ticking(self, condition: Callable[[], bool], what: str, step: float = 0.1, turns: int = 2000) -> None:
+        """Run turns, the clock moving ``step`` seconds after each, until ``condition()`` (backoffs pass)."""
+        for _ in range(turns):
+            if condition():
+                return
+            self.reactor.run_once()
+            self.clock.advance(step)
+        raise AssertionError(f"not {what} within {turns} turns of {step} s")
+
     def connect(self) -> Peer:
         server_end, client_end = socket.socketpair()
         peer = Peer(client_end)
@@ -699,6 +708,30 @@ def test_redis_restarted_without_its_data_closes_clients_and_the_nodes_start_afr
         back[1].say("WHO")
         back[1].expect("USER u0", "USER u1")
         clean_exit(nodes, *back)
+
+
+def test_after_redis_lost_its_data_no_node_retires_a_new_node_that_got_its_old_id(redis, hand_driven):
+    """Ids start again at 1 in an empty Redis: a node's predecessor in the old log is not one in the new.
+
+    The second node rejoins first and gets id 1, the first node's old id;
+    when the first node rejoins, it must not report its predecessor (1)
+    expired, or it would take the second node's new users with it.
+    """
+    engine = redis()  # no persistence
+    first, second = hand_driven(engine.url()), hand_driven(engine.url())
+    assert (first.driver.node.node_id, second.driver.node.node_id) == (1, 2)
+    engine.kill()
+    engine.restart()
+    for node, new_id in ((second, 1), (first, 2)):
+        old = node.driver.node
+        node.until_ticking(lambda: node.driver.node is not old and node.driver.joined, "a new node serving")
+        assert node.driver.node.node_id == new_id
+    first.until(lambda: not first.driver.node.unconfirmed_count, "the first node's entries in the log")
+    bob = second.login("bob")
+    alice = first.login("alice")
+    bob.say("WHO")
+    second.lines(bob, ["USER bob", "USER alice"])
+    assert second.driver.node.phase is Phase.JOINED
 
 
 def rss(pid: int) -> int:
