@@ -180,6 +180,86 @@ def test_the_driver_runs_tls_cases_against_both_servers(tls_files, target, mode)
         assert result[key] == value, key
 
 
+# -- the seed's server as a peer, and rounds ------------------------------------------
+
+
+@pytest.mark.parametrize("mode_args, expected", [
+    (["ping", "--count", 200, "--warmup", 20], {"count": 200}),
+    (["connections", "--clients", 40, "--idle", 0.2], {"clients": 40}),
+    (["latency", "--clients", 10, "--senders", 2, "--rate", 50, "--duration", 0.3],
+     {"checked_deliveries": 9 * 2 * 15}),
+])
+def test_the_driver_runs_the_seed_thread_per_client_server(mode_args, expected):
+    """seed_threads.py starts, speaks enough chat for the generator, and its memory is read
+    from its own /proc like ours; SIGTERM ends it and does not count as a failure."""
+    case = bench_server.Case(mode_args[0], mode_args[0], mode_args, [], 60)
+    server = bench_server.SeedServer()
+    server.start()
+    try:
+        result = bench_server.run_loadgen(server, "chat", case)
+    finally:
+        server.stop()
+    assert result["ok"], result.get("error")
+    for key, value in expected.items():
+        assert result[key] == value, key
+    if mode_args[0] == "connections":
+        assert result["rss_after_kib"] > result["rss_before_kib"]
+
+
+class FakeArgs:
+    repeat = 3
+
+
+def test_rounds_interleave_the_servers_and_every_round_is_kept(monkeypatch):
+    order = []
+    figures = {"ours": [50.0, 40.0, 60.0], "redis": [30.0, 35.0, 25.0], "seed": [44.0, 40.0, 42.0]}
+
+    def fake_run_once(case, target, args, tag):
+        order.append(target)
+        return {"ok": True, "mode": "ping", "p50_us": figures[target][order.count(target) - 1],
+                "p99_us": 1.0}
+
+    monkeypatch.setattr(bench_server, "run_once", fake_run_once)
+    case = bench_server.plan(quick=True)["ping"][0]
+    entry = bench_server.run_case(case, ["ours", "redis", "seed"], FakeArgs())
+    assert order == ["ours", "redis", "seed"] * 3
+    assert [r["p50_us"] for r in entry["runs"]["ours"]] == [50.0, 40.0, 60.0]
+    assert [r["round"] for r in entry["runs"]["seed"]] == [1, 2, 3]
+    assert entry["medians"]["ours"]["p50_us"] == 50.0 and entry["medians"]["seed"]["p50_us"] == 42.0
+    (target,) = entry["targets"]
+    assert target["peer"] == "seed" and target["met"] is False
+    assert target["figure"] == pytest.approx(50 / 42)
+    entry["case_obj"] = case
+    rounds = bench_server.rounds_table([entry])
+    assert "round 3" in rounds and "60.0" in rounds
+    assert "MISSED by 8%" in bench_server.targets_table([entry])
+    assert "ours/seed" in bench_server.table([entry])
+
+
+def test_a_case_runs_only_the_peers_it_names(monkeypatch):
+    order = []
+    monkeypatch.setattr(bench_server, "run_once",
+                        lambda case, target, args, tag: order.append(target) or {"ok": False})
+    cases = bench_server.plan(quick=True)
+    bench_server.run_case(cases["fanout-small"][0], ["ours", "redis", "seed"], FakeArgs())
+    assert order == ["ours", "redis"] * 3
+    order.clear()
+    bench_server.run_case(cases["latency"][0], ["ours", "seed"], FakeArgs())  # --no-redis
+    assert order == ["ours", "seed"] * 3
+    seeded = bench_server.plan(quick=True, seed_fanout=True)["fanout-small"][0]
+    assert seeded.peers == ("redis", "seed")
+
+
+def test_targets_are_judged_on_the_right_side():
+    at_most = bench_server.Target(None, 1.5, "<= 1.5 KiB")
+    assert at_most.judge("min", 1.42, None)["met"] is True
+    assert at_most.judge("min", 1.65, None)["margin"] == pytest.approx(0.1)
+    at_least = bench_server.Target("redis", 1.0, ">= 1")
+    assert at_least.judge("max", 2.0, 1.0)["met"] is True
+    assert at_least.judge("max", 0.5, 1.0) == {"figure": 0.5, "met": False, "margin": 0.5}
+    assert at_least.judge("max", 0.5, None)["met"] is None
+
+
 # -- the delivery checker ------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Benchmark: our chat server against Redis pub/sub, under the same load.
+"""Benchmark: our chat server against Redis pub/sub and the seed's design, under the same load.
 
 Not a test (pytest does not collect it); run it from the repository root:
 
@@ -6,15 +6,20 @@ Not a test (pytest does not collect it); run it from the repository root:
                                             [--repeat N] [--json FILE]
 
 For every scenario it starts a fresh server (``python -m reactor`` with flood
-control, the idle timeout and eviction out of the way) and a fresh
-``redis-server`` (persistence off), each on a free port, runs the same load
-generator (``loadgen.py``, a separate process) against each, stops both,
-and prints one table: our figure, Redis's, the ratio ours/Redis, the
+control, the idle timeout and eviction out of the way), a fresh
+``redis-server`` (persistence off) and, where the comparison means something
+(ping, latency, connections), the seed's thread-per-client server
+(``seed_threads.py``), each on a free port; it runs the same load generator
+(``loadgen.py``, a separate process) against each, stops them, and prints
+one table: each server's figure, the ratios ours/Redis and ours/seed, the
 measured window, and the CPU seconds of the server and of the generator in
-that window, so a generator that is the bottleneck shows.  Every delivery
-is checked (count, order per sender, nothing damaged or extra); a failed
-check, a crash or a timeout makes the run exit 1 with a message saying
-which.  See README.md beside this file for what each scenario measures.
+that window, so a generator that is the bottleneck shows.  With ``--repeat
+N`` the servers take turns round by round (ours, redis, seed, ours, ...);
+every round is printed and saved, with each figure's median, and the goals
+of issue 16 are judged on those medians.  Every delivery is checked (count,
+order per sender, nothing damaged or extra); a failed check, a crash or a
+timeout makes the run exit 1 with a message saying which.  See README.md
+beside this file for what each scenario measures.
 
 The TLS scenarios (``fanout-tls``, ``handshakes-tls``, ``connections-tls``;
 named, or all three with ``--tls``) run both servers TLS-only with one
@@ -23,7 +28,7 @@ the generator speaks TLS to both, verifying it.
 
 Standard library only (and ``trustme`` for the TLS scenarios); Linux
 (/proc, epoll).  Needs ``redis-server`` on the PATH (or ``--redis-server
-PATH``); ``--no-redis`` runs ours alone.
+PATH``); ``--no-redis`` and ``--no-seed`` leave those peers out.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import shutil
 import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +55,7 @@ import time
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 LOADGEN = HERE / "loadgen.py"
+SEED = HERE / "seed_threads.py"
 
 MAX_OUTPUT = 64 * 1024 * 1024
 """--max-output for our server: no benchmark client is ever a slow consumer."""
@@ -69,21 +76,65 @@ TIMED_EVERY = 10  # latency: time every 10th receiver's deliveries; one read per
 # -- what to run -------------------------------------------------------------------
 
 
+class Target:
+    """A goal of issue 16, judged on the median of the rounds.
+
+    ``peer`` names the server the figure is compared with (``ours / peer``
+    against ``limit``); ``None`` means ours alone against ``limit``, in the
+    row's own unit.  The row's goal says which way: ``min`` means at most.
+    """
+
+    def __init__(self, peer: str | None, limit: float, text: str) -> None:
+        self.peer = peer
+        self.limit = limit
+        self.text = text
+
+    def judge(self, goal: str, ours, peer) -> dict:
+        """The figure judged (the ratio, or ours), whether it is met, and the margin."""
+        if not isinstance(ours, (int, float)):
+            return {"figure": None, "met": None, "margin": None}
+        if self.peer is None:
+            figure = ours
+        elif isinstance(peer, (int, float)) and peer:
+            figure = ours / peer
+        else:
+            return {"figure": None, "met": None, "margin": None}
+        met = figure <= self.limit if goal == "min" else figure >= self.limit
+        # how far from the limit, as a share of it: positive is missed by that much
+        margin = (figure - self.limit) / self.limit if goal == "min" else (self.limit - figure) / self.limit
+        return {"figure": figure, "met": met, "margin": margin}
+
+
 class Row:
     """One metric line of the table."""
 
-    def __init__(self, label: str, key: str, fmt: str, goal: str) -> None:
+    def __init__(self, label: str, key: str, fmt: str, goal: str,
+                 target: Target | None = None) -> None:
         self.label = label
         self.key = key
         self.fmt = fmt  # format spec for the value
         self.goal = goal  # "max" or "min": which way is better
+        self.target = target  # the issue-16 goal on this figure, if any
+
+
+TARGETS = ("ours", "redis", "seed")
+"""Every server the benchmark knows, in the order each round runs them."""
+PEER_TARGETS = ("redis", "seed")
 
 
 class Case:
-    """One load-generator run per target (or ``--repeat`` of them)."""
+    """One load-generator run per target (or ``--repeat`` of them).
+
+    ``peers``: whom this case runs besides ours.  The seed's thread-per-client
+    server speaks only plaintext chat, and its fan-out (one ``sendall`` per
+    recipient under a lock) is slow enough to double a full run, so it runs
+    where the comparison means something: ping, latency, connections (and
+    fan-out with ``--seed-fanout``).
+    """
 
     def __init__(self, scenario: str, name: str, args: list, rows: list,
-                 timeout: float, cpu_note: str = "", tls: bool = False) -> None:
+                 timeout: float, cpu_note: str = "", tls: bool = False,
+                 peers: tuple = ("redis",)) -> None:
         self.scenario = scenario
         self.name = name
         self.args = [str(a) for a in args]
@@ -91,22 +142,35 @@ class Case:
         self.timeout = timeout
         self.cpu_note = cpu_note
         self.tls = tls  # both servers serve TLS only, and the generator speaks it
+        self.peers = peers
 
 
-FANOUT_ROWS = [Row("deliveries/s", "deliveries_per_s", ",.0f", "max")]
+AT_MOST_REDIS = Target("redis", 1.0, "ours/redis <= 1")
+FANOUT_ROWS = [Row("deliveries/s", "deliveries_per_s", ",.0f", "max",
+                   Target("redis", 1.0, "ours/redis >= 1"))]
+TLS_FANOUT_ROWS = [Row("deliveries/s", "deliveries_per_s", ",.0f", "max")]
 LATENCY_ROWS = [
     Row("p50 ms", "p50_ms", ".3f", "min"),
-    Row("p99 ms", "p99_ms", ".3f", "min"),
+    Row("p99 ms", "p99_ms", ".3f", "min", AT_MOST_REDIS),
     Row("p99.9 ms", "p999_ms", ".3f", "min"),
 ]
-CONNECTION_ROWS = [
-    Row("login s", "login_s", ".3f", "min"),
-    Row("KiB/conn", "kib_per_conn", ".2f", "min"),
-    Row("KiB/conn idle", "kib_per_conn_idle", ".2f", "min"),
-    Row("idle CPU s", "idle_server_cpu_precise_s", ".4f", "min"),
-]
+MEMORY_GOAL_KIB = 1.5
+"""Issue 16: 10,000 idle logged-in connections at 1.5 KiB each or less."""
+
+
+def connection_rows(clients: int | None) -> list:
+    """The connections rows; the login target is at 5,000, the memory one at 10,000."""
+    return [
+        Row("login s", "login_s", ".3f", "min", AT_MOST_REDIS if clients == 5000 else None),
+        Row("KiB/conn", "kib_per_conn", ".2f", "min"),
+        Row("KiB/conn idle", "kib_per_conn_idle", ".2f", "min",
+            Target(None, MEMORY_GOAL_KIB, f"<= {MEMORY_GOAL_KIB} KiB") if clients == 10000 else None),
+        Row("idle CPU s", "idle_server_cpu_precise_s", ".4f", "min"),
+    ]
+
+
 PING_ROWS = [
-    Row("p50 us", "p50_us", ".1f", "min"),
+    Row("p50 us", "p50_us", ".1f", "min", Target("seed", 1.1, "ours/seed <= 1.1")),
     Row("p99 us", "p99_us", ".1f", "min"),
 ]
 HANDSHAKE_ROWS = [  # the first row picks the median run: the server's capacity, not the generator's
@@ -117,11 +181,14 @@ HANDSHAKE_ROWS = [  # the first row picks the median run: the server's capacity,
 ]
 
 
-def plan(quick: bool, max_pending: int | None = None) -> dict:
+def plan(quick: bool, max_pending: int | None = None, seed_fanout: bool = False) -> dict:
     """Scenario name -> its cases; ``quick`` shrinks every one for a smoke run.
 
     ``max_pending``: connections in progress at once in the connections
-    scenarios (default: the generator's, somaxconn)."""
+    scenarios (default: the generator's, somaxconn).  ``seed_fanout``: the
+    seed's server runs in the fan-out scenarios too."""
+    both = ("redis", "seed")
+    fanout_peers = both if seed_fanout else ("redis",)
     pending = [] if max_pending is None else ["--max-pending", max_pending]
     messages_small = 200 if quick else 2000
     messages_wide = 50 if quick else 200
@@ -135,34 +202,35 @@ def plan(quick: bool, max_pending: int | None = None) -> dict:
         "fanout-small": [
             Case("fanout-small", "fanout-small",
                  ["fanout", "--clients", 100, "--senders", 10, "--messages", messages_small],
-                 FANOUT_ROWS, 300),
+                 FANOUT_ROWS, 300, peers=fanout_peers),
         ],
         "fanout-wide": [
             Case("fanout-wide", "fanout-wide",
                  ["fanout", "--clients", 1000, "--senders", 5, "--messages", messages_wide],
-                 FANOUT_ROWS, 300),
+                 FANOUT_ROWS, 300, peers=fanout_peers),
         ],
         "latency": [
             Case("latency", f"latency {rate}/s",
                  ["latency", "--clients", 100, "--senders", 10, "--rate", rate,
                   "--duration", duration, "--timed-every", TIMED_EVERY],
-                 LATENCY_ROWS, duration + 180)
+                 LATENCY_ROWS, duration + 180, peers=both)
             for rate in (200, 20)
         ],
         "connections": [
             Case("connections", f"connections {n}",
                  ["connections", "--clients", n, "--idle", idle, *pending],
-                 CONNECTION_ROWS, idle + 300, cpu_note="CPU columns: the login phase")
+                 connection_rows(n), idle + 300, cpu_note="CPU columns: the login phase",
+                 peers=both)
             for n in conns
         ],
         "ping": [
             Case("ping", "ping", ["ping", "--count", pings, "--warmup", warmup],
-                 PING_ROWS, 300),
+                 PING_ROWS, 300, peers=both),
         ],
         "fanout-tls": [
             Case("fanout-tls", "fanout-tls",
                  ["fanout", "--clients", 100, "--senders", 10, "--messages", messages_small],
-                 FANOUT_ROWS, 300, tls=True),
+                 TLS_FANOUT_ROWS, 300, tls=True),
         ],
         "handshakes-tls": [
             Case("handshakes-tls", "handshakes-tls",
@@ -173,7 +241,8 @@ def plan(quick: bool, max_pending: int | None = None) -> dict:
         "connections-tls": [
             Case("connections-tls", f"connections-tls {tls_conns}",
                  ["connections", "--clients", tls_conns, "--idle", idle, *pending],
-                 CONNECTION_ROWS, idle + 300, cpu_note="CPU columns: the login phase", tls=True),
+                 connection_rows(None), idle + 300, cpu_note="CPU columns: the login phase",
+                 tls=True),
         ],
     }
 
@@ -322,7 +391,7 @@ class ChatServer(Server):
             if remaining <= 0:
                 self.stop()
                 raise ServerError(
-                    f"our server did not print its startup line within {START_TIMEOUT:.0f} s"
+                    f"{self.label} server did not print its startup line within {START_TIMEOUT:.0f} s"
                 )
             ready, _, _ = select.select([fd], [], [], remaining)
             if ready:
@@ -331,10 +400,27 @@ class ChatServer(Server):
                     status = self.proc.wait()
                     self.proc = None
                     raise ServerError(
-                        f"our server exited with status {status} before listening:\n"
+                        f"{self.label} server exited with status {status} before listening:\n"
                         f"{self.log_tail()}"
                     )
                 seen += chunk
+
+
+class SeedServer(ChatServer):
+    """The seed's design, a thread per client blocked in ``recv`` (``seed_threads.py``).
+
+    Plaintext chat only, no options: it has no flood control, idle timeout
+    or output limit to turn off.  It prints the same startup line as ours.
+    SIGTERM ends it at once (Python's default action; its threads are
+    daemons), so its exit status is not checked.
+    """
+
+    label = "seed"
+
+    def __init__(self) -> None:
+        Server.__init__(self)
+        self.tls = None
+        self.command = [sys.executable, str(SEED)]
 
 
 class RedisServer(Server):
@@ -466,10 +552,11 @@ def run_loadgen(server: Server, proto: str, case: Case) -> dict:
         result["error"] = problem + (
             f"; the generator said: {result['error']}" if result.get("error") else "")
     extra = []
-    if proto == "chat" and not problem and status not in (0, None):
+    if isinstance(server, ChatServer) and not isinstance(server, SeedServer) \
+            and not problem and status not in (0, None):
         extra.append(f"our server exited with status {status} on SIGTERM:\n{server.log_tail()}")
-    if proto == "chat" and server.log_has(b"Traceback"):
-        extra.append(f"our server logged a traceback:\n{server.log_tail(30)}")
+    if isinstance(server, ChatServer) and server.log_has(b"Traceback"):
+        extra.append(f"{server.label} server logged a traceback:\n{server.log_tail(30)}")
     if extra:
         result["ok"] = False
         result["error"] = "; ".join(([result["error"]] if result.get("error") else []) + extra)
@@ -519,21 +606,28 @@ def other_load(result: dict) -> float:
     return other / window if window > 0 else 0.0
 
 
+def make_server(target: str, args, tls: TLSFiles | None = None) -> Server:
+    if target == "ours":
+        return ChatServer(args.server_arg, tls)
+    if target == "redis":
+        return RedisServer(args.redis_server, tls)
+    return SeedServer()
+
+
 def run_once(case: Case, target: str, args, tag: str) -> dict:
     """One fresh server, one generator run; retried while other load skews it."""
     best = None
     for trial in range(1 + args.retries):
         busy = settle(args.settle)
         tls = args.tls_files if case.tls else None
-        server = (ChatServer(args.server_arg, tls) if target == "ours"
-                  else RedisServer(args.redis_server, tls))
+        server = make_server(target, args, tls)
         print(f"  {tag} running...", file=sys.stderr, flush=True)
         try:
             server.start()
         except ServerError as error:
             return {"ok": False, "error": str(error)}
         try:
-            result = run_loadgen(server, "chat" if target == "ours" else "redis", case)
+            result = run_loadgen(server, "redis" if target == "redis" else "chat", case)
         finally:
             server.stop()
         result["busy_before"] = busy
@@ -552,13 +646,22 @@ def run_once(case: Case, target: str, args, tag: str) -> dict:
 
 
 def run_case(case: Case, targets: list, args) -> dict:
-    """Every target, ``--repeat`` times each (a fresh server every time)."""
+    """Every target of ``targets`` this case runs, ``--repeat`` times each, round by round.
+
+    A round runs each target once, in ``TARGETS`` order (ours, redis, seed),
+    each on a fresh server, so slow drifts in the machine's load fall on all
+    of them alike.  ``runs`` keeps every round; ``chosen`` is the median run
+    by the case's first metric (what the table shows); ``medians`` is each
+    figure's own median over the rounds that passed, and ``targets`` the
+    issue-16 goals judged on those medians."""
+    targets = [t for t in targets if t == "ours" or t in case.peers]
     runs: dict = {target: [] for target in targets}
     for attempt in range(args.repeat):
         for target in targets:
             tag = f"[{case.name} / {target}" + (
                 f" {attempt + 1}/{args.repeat}]" if args.repeat > 1 else "]")
             result = run_once(case, target, args, tag)
+            result["round"] = attempt + 1
             runs[target].append(result)
             if not result.get("ok"):
                 print(f"  {tag} FAILED: {result.get('error')}", file=sys.stderr, flush=True)
@@ -571,8 +674,37 @@ def run_case(case: Case, targets: list, args) -> dict:
         key = case.rows[0].key
         good.sort(key=lambda r: r.get(key) or 0)
         chosen[target] = good[(len(good) - 1) // 2]  # the median run by the first metric
+    medians = {target: medians_of(case, results) for target, results in runs.items()}
     return {"case": case.name, "scenario": case.scenario, "args": case.args,
-            "chosen": chosen, "runs": runs}
+            "chosen": chosen, "runs": runs, "medians": medians,
+            "targets": judge_targets(case, medians)}
+
+
+def medians_of(case: Case, results: list) -> dict:
+    """Each row's median over the runs that passed (None when none did)."""
+    good = [r for r in results if r.get("ok")]
+    out = {}
+    for row in case.rows:
+        values = [r[row.key] for r in good if isinstance(r.get(row.key), (int, float))]
+        out[row.key] = statistics.median(values) if values else None
+    return out
+
+
+def judge_targets(case: Case, medians: dict) -> list:
+    """The case's goals, each judged on the medians of the rounds."""
+    judged = []
+    for row in case.rows:
+        target = row.target
+        if target is None:
+            continue
+        ours = (medians.get("ours") or {}).get(row.key)
+        peer = (medians.get(target.peer) or {}).get(row.key) if target.peer else None
+        verdict = target.judge(row.goal, ours, peer)
+        judged.append({"case": case.name, "metric": row.label, "key": row.key,
+                       "goal": row.goal, "target": target.text, "peer": target.peer,
+                       "limit": target.limit, "ours": ours, "peer_value": peer,
+                       "fmt": row.fmt, **verdict})
+    return judged
 
 
 # -- the report ----------------------------------------------------------------------
@@ -716,8 +848,15 @@ def fmt(value, spec: str) -> str:
         return str(value)
 
 
-def pair(a, b, spec: str) -> str:
-    return f"{fmt(a, spec)} / {fmt(b, spec)}"
+def joined(values: list, spec: str) -> str:
+    """``a / b / c`` for the targets' window and CPU columns."""
+    return " / ".join(fmt(v, spec) for v in values)
+
+
+def ratio(a, b) -> str:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
+        return f"{a / b:.2f}"
+    return "-"
 
 
 def notes_for(result: dict, who: str) -> str:
@@ -750,40 +889,14 @@ def notes_for(result: dict, who: str) -> str:
     return f"{who}: {', '.join(notes)}" if notes else ""
 
 
-def table(cases: list) -> str:
-    header = ["scenario", "metric", "goal", "ours", "redis", "ours/redis",
-              "window s (o / r)", "server CPU s (o / r)", "gen CPU s (o / r)", "notes"]
-    lines = []
-    for entry in cases:
-        ours = entry["chosen"].get("ours") or {}
-        redis = entry["chosen"].get("redis") or {}
-        case = entry["case_obj"]
-        for n, row in enumerate(case.rows):
-            a = ours.get(row.key) if ours.get("ok") else None
-            b = redis.get(row.key) if redis.get("ok") else None
-            ratio = "-"
-            if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
-                ratio = f"{a / b:.2f}"
-            cells = [
-                entry["case"] if n == 0 else "",
-                row.label,
-                row.goal,
-                "FAIL" if ours and not ours.get("ok") else fmt(a, row.fmt),
-                "FAIL" if redis and not redis.get("ok") else fmt(b, row.fmt),
-                ratio,
-            ]
-            if n == 0:
-                cells += [
-                    pair(ours.get("window_s"), redis.get("window_s"), ".3f"),
-                    pair(ours.get("server_cpu_s"), redis.get("server_cpu_s"), ".2f"),
-                    pair(ours.get("gen_cpu_s"), redis.get("gen_cpu_s"), ".2f"),
-                    "; ".join(n for n in (notes_for(ours, "ours"), notes_for(redis, "redis")) if n),
-                ]
-            else:
-                cells += ["", "", "", ""]
-            lines.append(cells)
+def present_targets(cases: list) -> list:
+    """The targets that ran in any case, in ``TARGETS`` order."""
+    seen = {target for entry in cases for target in entry["runs"]}
+    return [target for target in TARGETS if target in seen]
+
+
+def render_table(header: list, lines: list, right: set) -> str:
     widths = [max(len(header[i]), *(len(r[i]) for r in lines)) for i in range(len(header))]
-    right = {3, 4, 5}
 
     def render(cells):
         out = []
@@ -793,6 +906,85 @@ def table(cases: list) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([render(header), rule] + [render(r) for r in lines])
+
+
+def cell(result: dict, key: str, spec: str) -> str:
+    """A figure of one run: ``FAIL`` for a failed run, ``-`` for a target that did not run."""
+    if not result:
+        return "-"
+    if not result.get("ok"):
+        return "FAIL"
+    return fmt(result.get(key), spec)
+
+
+def table(cases: list) -> str:
+    """The median run of each case (by its first metric), one column per server."""
+    targets = present_targets(cases)
+    letters = " / ".join(t[0] for t in targets)
+    peers = [t for t in targets if t != "ours"]
+    header = (["scenario", "metric", "goal", *targets, *(f"ours/{p}" for p in peers),
+               f"window s ({letters})", f"server CPU s ({letters})", f"gen CPU s ({letters})",
+               "notes"])
+    lines = []
+    for entry in cases:
+        chosen = {t: entry["chosen"].get(t) or {} for t in targets}
+        case = entry["case_obj"]
+        for n, row in enumerate(case.rows):
+            values = {t: chosen[t].get(row.key) if chosen[t].get("ok") else None for t in targets}
+            cells = [entry["case"] if n == 0 else "", row.label, row.goal]
+            cells += [cell(chosen[t], row.key, row.fmt) for t in targets]
+            cells += [ratio(values["ours"], values[p]) for p in peers]
+            if n == 0:
+                cells += [
+                    joined([chosen[t].get("window_s") for t in targets], ".3f"),
+                    joined([chosen[t].get("server_cpu_s") for t in targets], ".2f"),
+                    joined([chosen[t].get("gen_cpu_s") for t in targets], ".2f"),
+                    "; ".join(n for n in (notes_for(chosen[t], t) for t in targets) if n),
+                ]
+            else:
+                cells += ["", "", "", ""]
+            lines.append(cells)
+    return render_table(header, lines, set(range(3, 3 + len(targets) + len(peers))))
+
+
+def rounds_table(cases: list) -> str:
+    """Every round of every case, each figure of each server, and each figure's median."""
+    repeat = max(len(runs) for entry in cases for runs in entry["runs"].values())
+    header = ["scenario", "metric", "server", *(f"round {i + 1}" for i in range(repeat)), "median"]
+    lines = []
+    for entry in cases:
+        case = entry["case_obj"]
+        first = True
+        for row in case.rows:
+            for target, runs in entry["runs"].items():
+                cells = [entry["case"] if first else "", row.label, target]
+                cells += [cell(r, row.key, row.fmt) for r in runs]
+                cells += [""] * (repeat - len(runs))
+                cells.append(fmt(entry["medians"][target].get(row.key), row.fmt))
+                lines.append(cells)
+                first = False
+    return render_table(header, lines, set(range(3, 4 + repeat)))
+
+
+def targets_table(cases: list) -> str:
+    """The issue-16 goals, judged on the medians of the rounds; empty if none ran."""
+    lines = []
+    for entry in cases:
+        for t in entry["targets"]:
+            if t["met"] is None:
+                verdict = "not judged (a server did not run or failed)"
+            elif t["met"]:
+                verdict = "met"
+            else:
+                verdict = f"MISSED by {t['margin']:.0%}"
+            lines.append([
+                f"{t['case']} {t['metric']}", t["target"], fmt(t["ours"], t["fmt"]),
+                f"{t['peer']} {fmt(t['peer_value'], t['fmt'])}" if t["peer"] else "-",
+                fmt(t["figure"], ".2f"), verdict,
+            ])
+    if not lines:
+        return ""
+    return render_table(["figure", "target", "ours", "peer", "judged", "verdict"], lines, {2, 4})
 
 
 def tls_note(result: dict) -> str:
@@ -806,7 +998,7 @@ def tls_note(result: dict) -> str:
 def details(cases: list) -> str:
     out = []
     for entry in cases:
-        for target in ("ours", "redis"):
+        for target in TARGETS:
             r = entry["chosen"].get(target)
             if not r or not r.get("ok"):
                 continue
@@ -868,7 +1060,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help="shrink every scenario for a fast smoke run")
     parser.add_argument("--repeat", type=int, default=1, metavar="N",
-                        help="run each case N times per server and report the median run")
+                        help="run each case N times per server, round by round (ours, redis, seed, "
+                             "ours, ...); the table shows the median run, then every round and "
+                             "each figure's median")
     parser.add_argument("--json", metavar="FILE", help="also save every result as JSON")
     parser.add_argument("--settle", type=float, default=None, metavar="SECONDS",
                         help="before each run, wait up to this long for other load on the "
@@ -877,7 +1071,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run a case again, up to N times, when other programs used "
                              f"{NOISY * 100:.0f}%% of a core or more during it; the least disturbed "
                              "run counts (default 2)")
-    parser.add_argument("--no-redis", action="store_true", help="run our server only")
+    parser.add_argument("--no-redis", action="store_true", help="do not run Redis")
+    parser.add_argument("--no-seed", action="store_true",
+                        help="do not run the seed's thread-per-client server (seed_threads.py)")
+    parser.add_argument("--seed-fanout", action="store_true",
+                        help="run the seed's server in the fan-out scenarios too (slow: one "
+                             "sendall per recipient)")
     parser.add_argument("--redis-server", default=shutil.which("redis-server") or "/usr/bin/redis-server",
                         metavar="PATH", help="the redis-server binary")
     parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
@@ -907,7 +1106,7 @@ def main(argv: list | None = None) -> int:
     if args.tls:
         chosen += TLS_SCENARIOS
     cases = [case for name in SCENARIOS if name in chosen
-             for case in plan(args.quick, args.max_pending)[name]]
+             for case in plan(args.quick, args.max_pending, args.seed_fanout)[name]]
     args.tls_files = None
     if any(case.tls for case in cases):
         try:
@@ -924,10 +1123,11 @@ def main(argv: list | None = None) -> int:
 
 def run_all(args, argv: list, cases: list) -> int:
     """Run ``cases`` against every target; print the header, the table and the details."""
-    targets = ["ours"] + ([] if args.no_redis else ["redis"])
+    targets = [t for t in TARGETS if not (t == "redis" and args.no_redis or t == "seed" and args.no_seed)]
     info = meta(args, argv)
     head = [
-        "Chat server benchmark: ours vs Redis pub/sub, same load generator",
+        "Chat server benchmark: ours vs Redis pub/sub and the seed's thread-per-client server, "
+        "same load generator",
         f"date:     {info['date']}",
         f"machine:  {info['machine']}",
         f"python:   {info['python']}",
@@ -941,6 +1141,9 @@ def run_all(args, argv: list, cases: list) -> int:
     if not args.no_redis:
         head.append(f"redis:    {shlex.join(RedisServer(args.redis_server).command)} "
                     f"(port: a free one)")
+    if not args.no_seed:
+        head.append(f"seed:     python {SEED.relative_to(ROOT)} (thread per client; ping, latency, "
+                    f"connections{', fan-out' if args.seed_fanout else ''})")
     tls = args.tls_files
     if tls is not None:
         head += [
@@ -969,11 +1172,20 @@ def run_all(args, argv: list, cases: list) -> int:
         print(table(results))
         print()
         print(
-            "ours/redis: below 1 is better for a 'min' metric, above 1 for a 'max' one. "
+            "ours/redis, ours/seed: below 1 is better for a 'min' metric, above 1 for a 'max' one. "
             "window: first send to last delivery\n(connections: first connect to last OK; "
             "its CPU columns are the login phase). CPU from /proc/PID/stat and os.times(), "
-            "10 ms resolution."
+            "10 ms resolution.\nThe table shows the median run of each case by its first metric."
         )
+        print()
+        print("Every round (in the order run: each round runs ours, redis, seed in turn; "
+              "median: each figure's own, over the rounds that passed):")
+        print(rounds_table(results))
+        judged = targets_table(results)
+        if judged:
+            print()
+            print("Targets (issue 16), on the medians of the rounds:")
+            print(judged)
         text = details(results)
         if text:
             print()
@@ -982,6 +1194,7 @@ def run_all(args, argv: list, cases: list) -> int:
         data = {
             "meta": info,
             "cases": [{k: v for k, v in e.items() if k != "case_obj"} for e in results],
+            "targets": [t for e in results for t in e["targets"]],
             "failures": failures,
         }
         with open(args.json, "w") as f:
