@@ -172,6 +172,26 @@ def cases_for(names: list, quick: bool) -> list:
 
 
 def run_one(case, target: str, args, tag: str) -> dict:
+    """``run_once``, again while other programs used ``bench_server.NOISY`` of a core or more
+    during the run (at most ``--retries`` times); the least disturbed run counts."""
+    best = None
+    for trial in range(1 + args.retries):
+        result = run_once(case, target, args, tag)
+        result["tries"] = trial + 1
+        if not result.get("ok"):
+            return result  # a failure is a finding, not noise
+        if best is None or bench_server.other_load(result) < bench_server.other_load(best):
+            best = result
+        if bench_server.other_load(result) < bench_server.NOISY:
+            break
+        if trial < args.retries:
+            print(f"  {tag} other load {bench_server.other_load(result):.0%} of a core during "
+                  f"the run; running it again", file=sys.stderr, flush=True)
+    best["tries"] = trial + 1
+    return best
+
+
+def run_once(case, target: str, args, tag: str) -> dict:
     """A fresh target, one generator run; the result with the engine's and the nodes' costs."""
     busy = bench_server.settle(args.settle)
     server = make_target(target, args)
@@ -240,6 +260,7 @@ COSTS = [
     ("nodes' CPU µs / entry (all nodes)", "nodes_us_per_entry", ".1f"),
     ("server CPU s in the window", "server_cpu_s", ".2f"),
     ("other load, share of a core", "other_share", ".2f"),
+    ("runs (retried when other load >= 30%)", "tries", "d"),
 ]
 
 
@@ -346,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--settle", type=float, default=10.0, metavar="SECONDS",
                         help="before each run, wait up to this long for the machine to be quiet "
                              "(0: do not wait; default 10)")
+    parser.add_argument("--retries", type=int, default=2, metavar="N",
+                        help="run a case again, up to N times, when other programs used "
+                             f"{bench_server.NOISY * 100:.0f}%% of a core or more during it; the least "
+                             "disturbed run counts (default 2)")
     parser.add_argument("--json", metavar="FILE", help="also save every result as JSON")
     parser.add_argument("--redis-server", default=shutil.which("redis-server") or "/usr/bin/redis-server",
                         metavar="PATH", help="the redis-server binary")
@@ -357,8 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list | None = None) -> int:
     argv = sys.argv if argv is None else argv
     args = build_parser().parse_args(argv[1:])
-    if args.rounds < 1:
-        print("--rounds must be at least 1", file=sys.stderr)
+    if args.rounds < 1 or args.retries < 0:
+        print("--rounds must be at least 1 and --retries at least 0", file=sys.stderr)
         return 2
     if not os.access(args.redis_server, os.X_OK):
         print(f"redis-server not found at {args.redis_server} (use --redis-server PATH)",
