@@ -4,11 +4,14 @@ Not a test (pytest does not collect it).  ``bench_server.py`` runs it as a
 separate process, once against our chat server and once against
 ``redis-server`` pub/sub, with the same arguments but ``--proto``:
 
-    python tests/benchmarks/loadgen.py --proto chat|redis --port P \\
-        [--server-pid PID] [--hold] [--tls [--tls-ca FILE]] MODE [options]
+    python tests/benchmarks/loadgen.py --proto chat|redis --port P[,P...] \\
+        [--server-pid PID[,PID...]] [--hold] [--tls [--tls-ca FILE]] MODE [options]
 
 and it prints one JSON object on stdout (``"ok": false`` and ``"error"``
-when a check failed or a wait timed out; exit status 1).  Modes:
+when a check failed or a wait timed out; exit status 1).  Several ports
+are a cluster's nodes (``bench_cluster_server.py``): connection ``i`` goes
+to the (i mod n)-th, and several PIDs (the nodes and their Redis) are
+measured together and each on its own.  Modes:
 
 ``fanout``
     ``--clients`` connections log in (chat: ``LOGIN u<i>``; redis:
@@ -122,20 +125,24 @@ class Failure(Exception):
 # -- /proc and rusage ----------------------------------------------------------
 
 
-def server_cpu(pid: int | None) -> float | None:
-    """utime + stime of ``pid`` in seconds, from /proc/PID/stat."""
+def server_cpu(pid: int | tuple | None) -> float | None:
+    """utime + stime of ``pid`` in seconds, from /proc/PID/stat (a tuple of PIDs: their sum)."""
     if not pid:
         return None
+    if isinstance(pid, tuple):
+        return sum(server_cpu(one) for one in pid)
     with open(f"/proc/{pid}/stat", "rb") as f:
         data = f.read()
     fields = data[data.rindex(b")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def server_cpu_ns(pid: int | None) -> int | None:
-    """Time on CPU of every thread of ``pid``, in ns (/proc/PID/task/*/schedstat)."""
+def server_cpu_ns(pid: int | tuple | None) -> int | None:
+    """Time on CPU of every thread of ``pid``, in ns (/proc/PID/task/*/schedstat; a tuple: the sum)."""
     if not pid:
         return None
+    if isinstance(pid, tuple):
+        return sum(server_cpu_ns(one) for one in pid)
     total = 0
     for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
         try:
@@ -146,9 +153,11 @@ def server_cpu_ns(pid: int | None) -> int | None:
     return total
 
 
-def server_rss_kib(pid: int | None) -> int | None:
+def server_rss_kib(pid: int | tuple | None) -> int | None:
     if not pid:
         return None
+    if isinstance(pid, tuple):
+        return sum(server_rss_kib(one) for one in pid)
     with open(f"/proc/{pid}/status", "rb") as f:
         for line in f:
             if line.startswith(b"VmRSS:"):
@@ -170,27 +179,35 @@ def own_cpu() -> float:
 
 
 class Window:
-    """Wall time, server CPU and generator CPU between ``start`` and ``stop``."""
+    """Wall time, server CPU and generator CPU between ``start`` and ``stop``.
 
-    def __init__(self, pid: int | None) -> None:
+    With several server PIDs (a cluster's nodes and its engine), the server
+    CPU is their sum, and ``cpu_by_pid_s`` gives each one's share in
+    nanoseconds' resolution (schedstat), since one process's part of a short
+    window is often under the 10 ms steps of /proc/PID/stat."""
+
+    def __init__(self, pid: int | tuple | None) -> None:
         self.pid = pid
+        self.each = pid if isinstance(pid, tuple) else ()
 
     def start(self) -> None:
         self.busy0 = machine_busy()
         self.srv0 = server_cpu(self.pid)
+        self.each0 = [server_cpu_ns(one) for one in self.each]
         self.gen0 = own_cpu()
         self.t0 = perf_ns()
 
     def stop(self, t_end_ns: int | None = None) -> dict:
         t1 = perf_ns() if t_end_ns is None else t_end_ns
         gen1 = own_cpu()
+        each1 = [server_cpu_ns(one) for one in self.each]
         srv1 = server_cpu(self.pid)
         busy1 = machine_busy()
         wall = (t1 - self.t0) / 1e9
         server = None if srv1 is None else srv1 - self.srv0
         gen = gen1 - self.gen0
         busy = busy1 - self.busy0
-        return {
+        measured = {
             "window_s": wall,
             "server_cpu_s": server,
             "gen_cpu_s": gen,
@@ -198,6 +215,11 @@ class Window:
             # kernel (softirq) time charged to neither process
             "other_cpu_s": None if server is None else max(0.0, busy - server - gen),
         }
+        if self.each:
+            measured["cpu_by_pid_s"] = {
+                str(one): (b - a) / 1e9 for one, a, b in zip(self.each, self.each0, each1, strict=True)
+            }
+        return measured
 
 
 def raise_nofile(needed: int) -> None:
@@ -386,6 +408,8 @@ def dial_many(addr, count: int, *, line_for, reply_done, reply_ok, on_ready,
               what: str = "logged in") -> tuple:
     """Open ``count`` connections, each up to the reply to its first line.
 
+    ``addr`` is ``(host, port)``, or a list of them (a cluster's nodes):
+    connection ``i`` then goes to ``addr[i % len(addr)]``.
     Pipelined: connects are started without waiting; each connection takes
     its next step (TLS handshake, then its line) as soon as it can, and
     replies are collected as they arrive.  At most ``max_pending`` are in
@@ -402,6 +426,7 @@ def dial_many(addr, count: int, *, line_for, reply_done, reply_ok, on_ready,
     """
     if max_pending is None:
         max_pending = somaxconn()
+    addrs = addr if isinstance(addr, list) else [addr]  # several: connection i goes to addrs[i % n]
     ep = select.epoll(min(count, max_pending) + 1)
     made: list = []
     dials: dict = {}  # fd -> Dial in progress
@@ -497,11 +522,12 @@ def dial_many(addr, count: int, *, line_for, reply_done, reply_ok, on_ready,
             while len(made) < count and len(dials) < max_pending:
                 i = len(made)
                 sock = new_socket()
-                err = sock.connect_ex(addr)
+                to = addrs[i % len(addrs)]
+                err = sock.connect_ex(to)
                 if err not in (0, errno.EINPROGRESS):
                     sock.close()
                     raise Failure(
-                        f"connect #{i} of {count} to {addr[0]}:{addr[1]} failed: "
+                        f"connect #{i} of {count} to {to[0]}:{to[1]} failed: "
                         f"{os.strerror(err)}"
                     )
                 d = Dial(i, sock, line_for(i))
@@ -1356,6 +1382,17 @@ TLS_MODES = ("fanout", "connections", "handshakes")
 """The modes that can run over TLS (``--tls``); latency and ping speak plain TCP only."""
 
 
+def _numbers(text: str) -> list:
+    """``4000`` or ``4000,4001``: a list of positive integers."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, not {text!r}") from None
+    if not all(value > 0 for value in values):
+        raise argparse.ArgumentTypeError(f"must be more than 0: {text}")
+    return values
+
+
 def _positive(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -1369,9 +1406,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--proto", choices=sorted(PROTOCOLS), required=True)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--server-pid", type=int, default=None,
-                        help="server process to read CPU and memory of, from /proc")
+    parser.add_argument("--port", type=_numbers, required=True, metavar="PORT[,PORT...]",
+                        help="the server's port; several (a cluster's nodes): connection i goes "
+                             "to the (i mod n)-th, so clients and senders are spread over them")
+    parser.add_argument("--server-pid", type=_numbers, default=None, metavar="PID[,PID...]",
+                        help="server process to read CPU and memory of, from /proc; several: "
+                             "their sum, and each one's CPU in cpu_by_pid_s")
     parser.add_argument("--hold", action="store_true",
                         help="after printing, keep the connections until stdin closes")
     parser.add_argument("--tls", action="store_true",
@@ -1436,8 +1476,13 @@ def main(argv=None) -> int:
         parser.error(f"--tls works with {', '.join(TLS_MODES)}, not {args.mode}")
     if (args.tls_ca or args.tls_name) and not args.tls:
         parser.error("--tls-ca and --tls-name need --tls")
+    if len(args.port) > 1 and args.mode == "ping":
+        parser.error("ping speaks to one server: give one --port")
     proto = PROTOCOLS[args.proto]
-    addr = (args.host, args.port)
+    addrs = [(args.host, port) for port in args.port]
+    addr = addrs[0] if len(addrs) == 1 else addrs
+    pids = args.server_pid
+    args.server_pid = None if not pids else pids[0] if len(pids) == 1 else tuple(pids)
     args.tls = ClientTLS(args.tls_ca, args.tls_name or args.host) if args.tls else None
     try:
         result = MODES[args.mode](proto, addr, args)
