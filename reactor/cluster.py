@@ -365,7 +365,9 @@ class ClusterDriver:
             lambda reply: self._got_lease(node_id, snapshot, sent_at, epoch, reply),
         )
 
-    def _got_lease(self, node_id: int, snapshot: Any, sent_at: float, epoch: bytes | None, reply: Any) -> None:
+    def _got_lease(
+        self, node_id: int, snapshot: Any, sent_at: float, epoch: bytes | None, reply: Any
+    ) -> None:
         if isinstance(reply, EngineError):
             self._start_failed("the lease refused", reply)
             return

@@ -724,11 +724,11 @@ def test_after_redis_lost_its_data_no_node_retires_a_new_node_that_got_its_old_i
     engine.restart()
     for node, new_id in ((second, 1), (first, 2)):
         old = node.driver.node
-        node.until_ticking(lambda: node.driver.node is not old and node.driver.joined, "a new node serving")
+        node.until_ticking(lambda n=node, o=old: n.driver.node is not o and n.driver.joined, "a new node serving")
         assert node.driver.node.node_id == new_id
     first.until(lambda: not first.driver.node.unconfirmed_count, "the first node's entries in the log")
     bob = second.login("bob")
-    alice = first.login("alice")
+    first.login("alice")
     bob.say("WHO")
     second.lines(bob, ["USER bob", "USER alice"])
     assert second.driver.node.phase is Phase.JOINED
