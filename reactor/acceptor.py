@@ -6,6 +6,7 @@ Each listening socket is registered for reading; "readable" means the
 kernel's listen queue holds connections.  ``accept_batch`` takes at most
 ``ACCEPTS_PER_TURN`` of them, so a connection storm cannot keep one turn
 from ending (the rest wait in the listen queue, where TCP keeps them), and
+fewer while the loop is behind (the loop passes a smaller ``limit``), and
 hands each new socket to the loop, saying whether it came from a TLS
 listener (the loop wraps those in TLS, ``reactor.tls``).
 
@@ -141,9 +142,9 @@ class Acceptor:
         for listener in listeners:
             listener.close()
 
-    def accept_batch(self, listener: socket.socket, now: float) -> None:
-        """Accept what the listen queue holds, up to ``ACCEPTS_PER_TURN``."""
-        for _ in range(ACCEPTS_PER_TURN):
+    def accept_batch(self, listener: socket.socket, now: float, limit: int = ACCEPTS_PER_TURN) -> None:
+        """Accept what the listen queue holds, up to ``limit``."""
+        for _ in range(limit):
             if not self._accepting:
                 return
             try:

@@ -8,6 +8,7 @@ work of one turn is shared when many connections are busy at once.
 from __future__ import annotations
 
 import itertools
+import socket
 
 from loopharness import LoopHarness
 
@@ -124,3 +125,48 @@ def test_a_lone_busy_connection_gets_the_whole_turn(harness):
     flooder.send(b"PING\n" * 3000)
     loop.turn()
     assert flooder.read().count(b"PONG\n") == reactor.loop.WORK_PER_TURN
+
+
+def test_a_loop_behind_on_its_readers_accepts_fewer_until_it_catches_up(harness, monkeypatch):
+    """200 clients log in at once, and each turn serves one: new ones wait in the listen queue.
+
+    Each connection put off with its input unread is reported by ``select``
+    again every turn, so a loop that went on accepting full batches would
+    pay for the whole crowd every turn.  It accepts a batch less what it
+    put off, never fewer than ``ACCEPTS_WHEN_BEHIND``, and every client is
+    served in the end.
+    """
+    monkeypatch.setattr(reactor.loop, "READ_BUDGET", 0.0)  # a turn serves one connection
+    monkeypatch.setattr(reactor.loop, "ACCEPTS_PER_TURN", 32)
+    monkeypatch.setattr(reactor.loop, "ACCEPTS_WHEN_BEHIND", 4)
+    listener = socket.create_server(("127.0.0.1", 0), backlog=512)  # room for all 200 in the queue
+    loop = harness(listener=listener, rate=0, idle_timeout=0)
+    clients = [socket.create_connection(listener.getsockname(), timeout=5) for _ in range(200)]
+    try:
+        for number, client in enumerate(clients):
+            client.sendall(f"LOGIN user{number}\n".encode())
+        accepted = []
+        for _ in range(10):
+            loop.turn()
+            accepted.append(loop.reactor.stats().connections)
+        assert accepted[1] == 64  # two full batches while nothing was put off yet
+        assert accepted[-1] <= 64 + 8 * 4, f"accepted {accepted} while 30 and more waited"
+        assert all(b - a >= 4 for a, b in itertools.pairwise(accepted[1:])), accepted
+        answered: set[socket.socket] = set()
+        for client in clients:
+            client.setblocking(False)
+        for _ in range(2000):  # everyone is served in the end (a turn serves one or more)
+            loop.turn()
+            for client in clients:
+                if client not in answered:
+                    try:
+                        if client.recv(16) == b"OK\n":
+                            answered.add(client)
+                    except BlockingIOError:
+                        pass
+            if len(answered) == len(clients):
+                break
+        assert len(answered) == 200
+    finally:
+        for client in clients:
+            client.close()
