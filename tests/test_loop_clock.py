@@ -71,6 +71,29 @@ def test_a_storm_of_idle_deadlines_gathers_and_leaves_as_one_departure(harness):
     assert talker.lines() == ["ERR idle-timeout"]  # watched again after the storm
 
 
+def test_a_large_departure_tells_the_others_at_once_and_closes_the_leavers_a_batch_a_turn(harness, monkeypatch):
+    """The machine hears of all 40 in one event and the stayer of all 40 at once; the leavers' own
+    last line and close go ``LEAVERS_PER_TURN`` a turn, and what a leaver sends meanwhile is ignored."""
+    monkeypatch.setattr(reactor.loop, "LEAVERS_PER_TURN", 16)
+    loop = harness(idle_timeout=60, rate=0)
+    leavers = [loop.login(f"a{i:02}") for i in range(40)]
+    loop.advance_to(30.0)
+    stayer = loop.login("stayer")
+    loop.advance_to(60.0)  # a storm: it gathers
+    loop.advance_to(60.0 + reactor.loop.IDLE_STORM_WINDOW + TICK)  # the window, plus a tick at most
+    told_per_turn = [sum(1 for peer in leavers if peer.lines() == ["ERR idle-timeout"])]
+    assert stayer.lines() == [f"INFO a{i:02} disconnected" for i in range(40)]  # all of them at once
+    leavers[-1].say("WHO")  # one still waiting for its turn to leave: ignored, it is closing
+    for _ in range(4):
+        loop.turn()
+        told_per_turn.append(sum(1 for peer in leavers if peer.lines() == ["ERR idle-timeout"]))
+    assert told_per_turn == [16, 16, 8, 0, 0]
+    assert loop.reactor.stats().users == 1
+    assert all(peer.lines() == [] for peer in leavers)  # the WHO got nothing
+    loop.advance(FLUSH_TIMEOUT + TICK)
+    assert all(peer.ended for peer in leavers)
+
+
 def test_a_few_idle_deadlines_close_at_once(harness):
     loop = harness(idle_timeout=60)
     ann = loop.login("ann")

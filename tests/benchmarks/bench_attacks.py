@@ -82,8 +82,6 @@ TICK = 0.1
 """The server's timer wheel tick (reactor.loop.TICK)."""
 SPEC_CLOSE_S = 1.0
 """protocol.md: an idle close comes at most one timer tick (1 s or less) after its deadline."""
-CLOSE_TARGET_S = 0.1
-"""docs/operations.md: "The close comes at most 0.1 s after the deadline" (the wheel's tick)."""
 MEMORY_SLACK_KIB = 512
 """who-burst: RSS growth allowed beyond --max-output plus one reply (allocator noise)."""
 MAX_OUTPUT = 1048576
@@ -886,10 +884,9 @@ def idle_storm(case: Case, clients: int, timeout: float) -> None:
         "infos_to_leavers": sum(infos),
     })
     if lateness["max_s"] is not None:
+        # (operations.md promises a tick, 0.1 s, for fewer than IDLE_STORM at once; this is a storm)
         case.check("idle closes after their deadline, max", f"{lateness['max_s']:.3f} s",
                    f"<= {SPEC_CLOSE_S:.0f} s (protocol.md: one tick)", lateness["max_s"] <= SPEC_CLOSE_S)
-        case.check("idle closes after their deadline, max", f"{lateness['max_s']:.3f} s",
-                   f"<= {CLOSE_TARGET_S} s (operations.md)", lateness["max_s"] <= CLOSE_TARGET_S)
     case.summary = (
         f"{case.observer_text()}; server RSS +{mib(case.probe.growth_kib)} (peak "
         f"{mib(case.probe.peak)}); idle closes after their deadline p50 {fmt(lateness['p50_s'], '.3f')} "
