@@ -99,6 +99,7 @@ from protocol import (
 )
 from protocol.cluster import Append
 
+from . import heap
 from .acceptor import ACCEPTS_PER_TURN, LISTENER, Acceptor
 from .closing import Closer
 from .config import Config
@@ -159,6 +160,13 @@ connection about ten times, and doubled its CPU cost.  So a turn accepts
 ``ACCEPTS_PER_TURN`` less the connections it put off, and new clients wait
 in the kernel's listen queue (which costs nothing) until the loop catches
 up; never fewer than this, so busy clients cannot lock new ones out.
+"""
+TLS_BURST = 512
+"""TLS handshakes in progress at once that make a burst: when it is over, free heap goes back.
+
+Thousands of handshakes at once leave glibc's heap at its high-water mark
+after they are done (``reactor.heap``); once none is left in progress the
+loop hands the free pages back, once per burst.
 """
 HANDSHAKES_BEHIND = 128
 """TLS handshakes with input put off to the next turn at which TLS accepting pauses.
@@ -231,6 +239,7 @@ class Reactor:
         self._not_now: tuple[type[BaseException], ...] = (BlockingIOError, InterruptedError)
         self._tls_buffered: list[Connection] = []  # TLS input the selector cannot see
         self._handshakes: dict[Connection, None] = {}  # TLS handshakes in progress, oldest first
+        self._handshakes_peak = 0  # the most in progress at once since there were none
         if tls_context is not None:
             self.set_tls_context(tls_context)
         self._closer = Closer(self._wheel, self._turn_log, self._forget, config.max_output)
@@ -387,6 +396,7 @@ class Reactor:
         )
         self._connections.add(conn)
         self._handshakes[conn] = None
+        self._handshakes_peak = max(self._handshakes_peak, len(self._handshakes))
         conn.close_timer = CloseTimer(conn)
         self._wheel.schedule(conn.close_timer, self._now + HANDSHAKE_TIMEOUT)
         conn.update_interest(self._max_output)  # the first step waits for its turn, within the budget
@@ -403,8 +413,16 @@ class Reactor:
         if done:
             conn.close_timer.cancel()  # type: ignore[union-attr]
             del self._handshakes[conn]
+            if not self._handshakes:
+                self._after_handshakes()
             self._open(conn)
         conn.update_interest(self._max_output)
+
+    def _after_handshakes(self) -> None:
+        """The last handshake in progress is over: after a burst, the heap's free pages go back."""
+        if self._handshakes_peak >= TLS_BURST:
+            heap.give_back_free_heap()
+        self._handshakes_peak = 0
 
     def call_every(self, interval: float, callback: Callable[[], None]) -> None:
         """Run ``callback`` every ``interval`` seconds of the loop's clock, from the loop.
@@ -1020,7 +1038,8 @@ class Reactor:
     def _forget(self, conn: Connection) -> None:
         """The closer closed ``conn``: it is no longer one of ours."""
         self._connections.discard(conn)
-        self._handshakes.pop(conn, None)
+        if self._handshakes.pop(conn, False) is None and not self._handshakes:
+            self._after_handshakes()
         self._backlog.pop(conn, None)
         self._bytes_out_closed += conn.written
 

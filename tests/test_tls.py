@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import platform
 import shutil
 import signal
 import socket
@@ -285,6 +286,58 @@ def test_a_burst_of_handshakes_finishes_oldest_first(certs, monkeypatch):
         assert opened_at == {0: 2, 1: 4, 2: 6, 3: 8}
     finally:
         loop.close()
+
+
+def test_the_heap_goes_back_once_when_a_burst_of_handshakes_is_over(certs, monkeypatch):
+    """After TLS_BURST handshakes at once, the last one's end gives free heap back, once;
+    a handshake or two at a time never does."""
+    monkeypatch.setattr(loop_module, "TLS_BURST", 3)
+    trims: list[int] = []
+    monkeypatch.setattr(loop_module.heap, "give_back_free_heap", lambda: trims.append(1) or True)
+    loop = LoopHarness()
+    try:
+        loop.reactor.set_tls_context(certs.server_context())
+        context = certs.client_context()
+
+        servers: dict[HandshakingClient, object] = {}
+
+        def handshakes(count: int) -> list[HandshakingClient]:
+            clients = []
+            for number in range(count):
+                server_end, client_end = socket.socketpair()
+                client = HandshakingClient(client_end, context)
+                servers[client] = loop.reactor.adopt(server_end, ("pair", number), tls=True)
+                clients.append(client)
+            return clients
+
+        def finish(clients: list[HandshakingClient]) -> None:
+            for _ in range(20):
+                for client in clients:
+                    client.step()
+                loop.turn()
+                if all(client.done and servers[client].phase is OPEN for client in clients):
+                    return
+            raise AssertionError("the handshakes did not finish")
+
+        burst = handshakes(4)
+        finish(burst[:3])
+        assert trims == []  # one is still in progress
+        burst[3].sock.close()  # and it gives up: the burst is over all the same
+        for _ in range(5):
+            loop.turn()
+        assert trims == [1]
+        finish(handshakes(2))  # below TLS_BURST: no trim
+        assert trims == [1]
+    finally:
+        loop.close()
+
+
+def test_giving_back_free_heap_works_where_the_c_library_allows_it():
+    """glibc (Linux, CI's Debian) has malloc_trim; elsewhere it is a no-op that says so."""
+    from reactor import heap
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert heap.give_back_free_heap() is glibc
 
 
 def test_tls_accepting_pauses_while_the_loop_is_behind_on_handshakes(certs, monkeypatch):
