@@ -24,26 +24,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from protocol import ChatMachine, ConnectionOpened, LineReceived  # noqa: E402
+from bench_protocol import PAYLOAD, bench_events, best_rate, print_rates, room  # noqa: E402
+
+from protocol import ConnectionOpened, LineReceived  # noqa: E402
 from protocol.cluster import Append, ClusterNode, LogRead, NodeStarted  # noqa: E402
 from protocol.cluster.entries import msg_entry  # noqa: E402
-
-PAYLOAD = b"x" * 64
-
-
-def best_rate(function, count: int, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - started)
-    return count / best
 
 
 class Loop:
@@ -73,18 +64,8 @@ class Loop:
 
 
 def bench_standalone(users: int, count: int, repeat: int) -> float:
-    machine = ChatMachine()
-    for conn in range(users):
-        machine.handle(ConnectionOpened(conn))
-        machine.handle(LineReceived(conn, b"LOGIN user%d" % conn))
-    events = [LineReceived(conn % min(10, users), b"MSG " + PAYLOAD) for conn in range(count)]
-    handle = machine.handle
-
-    def run():
-        for event in events:
-            handle(event)
-
-    return best_rate(run, count, repeat)
+    """``bench_protocol.py``'s MSG row, from at most 10 senders."""
+    return bench_events(room(users), b"MSG " + PAYLOAD, count, repeat, senders=min(10, users))
 
 
 def bench_msg_in(loop: Loop, users: int, count: int, repeat: int) -> float:
@@ -130,10 +111,8 @@ def main() -> None:
         ("node, MSG in", bench_msg_in(loop, args.users, n, r)),
         ("node, MSG from the log", bench_msg_from_log(loop, n, args.batch, r)),
     ]
-    print(f"cluster micro-benchmark: {args.users} users on the node, {n} MSG, best of {r}")
-    print(f"Python {platform.python_version()} on {platform.machine()}, {platform.system()}")
-    for name, rate in results:
-        print(f"  {name:<24} {rate:>12,.0f} MSG/s")
+    print_rates(f"cluster micro-benchmark: {args.users} users on the node, {n} MSG, best of {r}",
+                results, "MSG/s", 24)
 
 
 if __name__ == "__main__":

@@ -41,19 +41,16 @@ PATH (or ``--redis-server``) and ``hiredis`` for cluster mode.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shlex
-import shutil
 import socket
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_server  # noqa: E402
-from bench_server import ChatServer, RedisServer, ServerError  # noqa: E402
+from bench_server import ChatServer, RedisServer, ServerError, median_of  # noqa: E402
 
 TARGETS = ("standalone", "cluster-1", "cluster-2")
 SCENARIOS = ("fanout-small", "latency 20/s", "latency 200/s", "fanout-wide")
@@ -174,21 +171,7 @@ def cases_for(names: list, quick: bool) -> list:
 def run_one(case, target: str, args, tag: str) -> dict:
     """``run_once``, again while other programs used ``bench_server.NOISY`` of a core or more
     during the run (at most ``--retries`` times); the least disturbed run counts."""
-    best = None
-    for trial in range(1 + args.retries):
-        result = run_once(case, target, args, tag)
-        result["tries"] = trial + 1
-        if not result.get("ok"):
-            return result  # a failure is a finding, not noise
-        if best is None or bench_server.other_load(result) < bench_server.other_load(best):
-            best = result
-        if bench_server.other_load(result) < bench_server.NOISY:
-            break
-        if trial < args.retries:
-            print(f"  {tag} other load {bench_server.other_load(result):.0%} of a core during "
-                  f"the run; running it again", file=sys.stderr, flush=True)
-    best["tries"] = trial + 1
-    return best
+    return bench_server.least_disturbed(lambda: run_once(case, target, args, tag), args.retries, tag)
 
 
 def run_once(case, target: str, args, tag: str) -> dict:
@@ -264,11 +247,6 @@ COSTS = [
 ]
 
 
-def median_of(results: list, key: str):
-    values = [r[key] for r in results if r.get("ok") and isinstance(r.get(key), (int, float))]
-    return statistics.median(values) if values else None
-
-
 def other_share(result: dict) -> float | None:
     window = result.get("window_s") or 0
     return (result.get("other_cpu_s") or 0) / window if window else None
@@ -293,14 +271,6 @@ def rows_for(case_name: str, mode: str, by_target: dict, targets: list) -> list:
             rows.append(cells)
         case_name = ""
     return rows
-
-
-def render(header: list, rows: list) -> str:
-    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip(),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
 
 
 def judge(cases: list, runs: dict) -> list:
@@ -342,7 +312,7 @@ def report(cases: list, runs: dict, args, info: dict) -> str:
     for case in cases:
         mode = case.args[0]
         rows += rows_for(case.name, mode, runs[case.name], args.targets)
-    out.append(render(header, rows))
+    out.append(bench_server.render_table(header, rows, right=set()))
     out.append("")
     out.append("CPU from /proc/PID/task/*/schedstat over the measured window (first send to "
                "last delivery); an entry is one MSG in the log.")
@@ -367,13 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--settle", type=float, default=10.0, metavar="SECONDS",
                         help="before each run, wait up to this long for the machine to be quiet "
                              "(0: do not wait; default 10)")
-    parser.add_argument("--retries", type=int, default=2, metavar="N",
-                        help="run a case again, up to N times, when other programs used "
-                             f"{bench_server.NOISY * 100:.0f}%% of a core or more during it; the least "
-                             "disturbed run counts (default 2)")
+    bench_server.add_retries_option(parser)
     parser.add_argument("--json", metavar="FILE", help="also save every result as JSON")
-    parser.add_argument("--redis-server", default=shutil.which("redis-server") or "/usr/bin/redis-server",
-                        metavar="PATH", help="the redis-server binary")
+    bench_server.add_redis_server_option(parser)
     parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                         help="an extra argument for every chat server, e.g. --server-arg=--log-level=WARNING")
     return parser
@@ -391,24 +357,15 @@ def main(argv: list | None = None) -> int:
         return 2
     args.targets = [t for t in TARGETS if t in (args.targets or TARGETS)]
     cases = cases_for(args.scenario or list(DEFAULT_SCENARIOS), args.quick)
-    info = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": f"{bench_server.cpu_model()}, {os.cpu_count()} cores",
-        "python": sys.version.split()[0],
-        "redis": bench_server.redis_version(args.redis_server),
-        "commit": bench_server.git_describe(),
-        "command": shlex.join([os.path.basename(sys.executable)] + argv),
-        "load_average_before": bench_server.load_average(),
-    }
+    info = bench_server.run_info(
+        machine=f"{bench_server.cpu_model()}, {os.cpu_count()} cores",
+        python=sys.version.split()[0],
+        redis=bench_server.redis_version(args.redis_server),
+        argv=argv,
+    )
     print("\n".join([
-        "Cluster mode benchmark: standalone vs a cluster of 1 and of 2 nodes on Redis",
-        f"date:     {info['date']}",
-        f"machine:  {info['machine']}",
-        f"python:   {info['python']}",
-        f"redis:    {info['redis']}",
-        f"commit:   {info['commit']}",
-        f"command:  {info['command']}",
-        f"load avg: {info['load_average_before']} (before the run)",
+        *bench_server.header_lines(
+            "Cluster mode benchmark: standalone vs a cluster of 1 and of 2 nodes on Redis", info),
         f"node:     {shlex.join(['python'] + Cluster(1, args.redis_server, args.server_arg).command[1:])}",
         f"redis:    {shlex.join(RedisServer(args.redis_server).command)} (one per run, port: a free one)",
     ]), flush=True)
@@ -429,12 +386,7 @@ def main(argv: list | None = None) -> int:
             json.dump({"meta": info, "runs": runs, "verdicts": judge(cases, runs),
                        "failures": failures}, f, indent=2)
         print(f"results saved to {args.json}")
-    if failures:
-        print("\nFAILED:", file=sys.stderr)
-        for failure in failures:
-            print(f"  {failure}", file=sys.stderr)
-        return 1
-    return 0
+    return bench_server.report_failures(failures)
 
 
 if __name__ == "__main__":

@@ -50,8 +50,9 @@ def best_rate(function, count: int, repeat: int) -> float:
     return count / best
 
 
-def bench_events(machine: ChatMachine, line: bytes, count: int, repeat: int) -> float:
-    events = [LineReceived(conn % 10, line) for conn in range(count)]
+def bench_events(machine: ChatMachine, line: bytes, count: int, repeat: int, senders: int = 10) -> float:
+    """``line`` from the first ``senders`` users in turn, ``count`` times."""
+    events = [LineReceived(conn % senders, line) for conn in range(count)]
     handle = machine.handle
 
     def run():
@@ -79,6 +80,14 @@ def bench_framed(machine: ChatMachine, count: int, repeat: int) -> float:
     return best_rate(run, reads * per_read, repeat)
 
 
+def print_rates(title: str, results: list, unit: str, name_width: int) -> None:
+    """The title, the Python it ran on, then one ``name  rate unit`` line per result."""
+    print(title)
+    print(f"Python {platform.python_version()} on {platform.machine()}, {platform.system()}")
+    for name, rate in results:
+        print(f"  {name:<{name_width}} {rate:>12,.0f} {unit}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=1000)
@@ -94,10 +103,8 @@ def main() -> None:
         ("WHO, machine", bench_events(machine, b"WHO", n, r)),
         ("PING, machine", bench_events(machine, b"PING", n, r)),
     ]
-    print(f"protocol micro-benchmark: {args.users} users, {n} commands, best of {r}")
-    print(f"Python {platform.python_version()} on {platform.machine()}, {platform.system()}")
-    for name, rate in results:
-        print(f"  {name:<22} {rate:>12,.0f} commands/s")
+    print_rates(f"protocol micro-benchmark: {args.users} users, {n} commands, best of {r}",
+                results, "commands/s", 22)
 
 
 if __name__ == "__main__":

@@ -614,35 +614,49 @@ def make_server(target: str, args, tls: TLSFiles | None = None) -> Server:
     return SeedServer()
 
 
-def run_once(case: Case, target: str, args, tag: str) -> dict:
-    """One fresh server, one generator run; retried while other load skews it."""
+def least_disturbed(run, retries: int, tag: str) -> dict:
+    """``run()``, again while other programs used ``NOISY`` of a core or more
+    during it (at most ``retries`` times); the least disturbed result counts.
+    Each result gets ``tries``; a failed run ends it at once (a failure is a
+    finding, not noise: report it).  Both benchmark drivers retry this way."""
     best = None
-    for trial in range(1 + args.retries):
-        busy = settle(args.settle)
-        tls = args.tls_files if case.tls else None
-        server = make_server(target, args, tls)
-        print(f"  {tag} running...", file=sys.stderr, flush=True)
-        try:
-            server.start()
-        except ServerError as error:
-            return {"ok": False, "error": str(error)}
-        try:
-            result = run_loadgen(server, "redis" if target == "redis" else "chat", case)
-        finally:
-            server.stop()
-        result["busy_before"] = busy
+    for trial in range(1 + retries):
+        result = run()
         result["tries"] = trial + 1
         if not result.get("ok"):
-            return result  # a failure is a finding, not noise: report it
+            return result
         if best is None or other_load(result) < other_load(best):
             best = result
         if other_load(result) < NOISY:
             break
-        if trial < args.retries:
+        if trial < retries:
             print(f"  {tag} other load {other_load(result):.0%} of a core during the run; "
                   f"running it again", file=sys.stderr, flush=True)
     best["tries"] = trial + 1
     return best
+
+
+def run_once(case: Case, target: str, args, tag: str) -> dict:
+    """One fresh server, one generator run; retried while other load skews it."""
+    return least_disturbed(lambda: run_fresh(case, target, args, tag), args.retries, tag)
+
+
+def run_fresh(case: Case, target: str, args, tag: str) -> dict:
+    """Wait for a quiet machine, start a fresh server, run the generator once."""
+    busy = settle(args.settle)
+    tls = args.tls_files if case.tls else None
+    server = make_server(target, args, tls)
+    print(f"  {tag} running...", file=sys.stderr, flush=True)
+    try:
+        server.start()
+    except ServerError as error:
+        return {"ok": False, "error": str(error)}
+    try:
+        result = run_loadgen(server, "redis" if target == "redis" else "chat", case)
+    finally:
+        server.stop()
+    result["busy_before"] = busy
+    return result
 
 
 def run_case(case: Case, targets: list, args) -> dict:
@@ -682,12 +696,13 @@ def run_case(case: Case, targets: list, args) -> dict:
 
 def medians_of(case: Case, results: list) -> dict:
     """Each row's median over the runs that passed (None when none did)."""
-    good = [r for r in results if r.get("ok")]
-    out = {}
-    for row in case.rows:
-        values = [r[row.key] for r in good if isinstance(r.get(row.key), (int, float))]
-        out[row.key] = statistics.median(values) if values else None
-    return out
+    return {row.key: median_of(results, row.key) for row in case.rows}
+
+
+def median_of(results: list, key: str):
+    """``key``'s median over the runs that passed and have it (None when none do)."""
+    values = [r[key] for r in results if r.get("ok") and isinstance(r.get(key), (int, float))]
+    return statistics.median(values) if values else None
 
 
 def judge_targets(case: Case, medians: dict) -> list:
@@ -801,18 +816,54 @@ def wakeup_floor(samples: int = WAKEUP_SAMPLES) -> str:
 
 
 def meta(args, argv: list) -> dict:
+    info = run_info(
+        machine=f"{cpu_model()}, {os.cpu_count()} cores, {platform.platform()}",
+        python=f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
+        redis=redis_version(args.redis_server) if not args.no_redis else "not run",
+        argv=argv,
+    )
+    info["ulimit_n"] = _nofile()
+    info["wakeup"] = wakeup_floor()
+    info["openssl"] = openssl_versions(args)
+    return info
+
+
+def run_info(machine: str, python: str, redis: str, argv: list) -> dict:
+    """The facts every benchmark driver records about a run, in the order
+    ``header_lines`` prints them (and its JSON keeps them)."""
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.platform()}",
-        "python": f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
-        "redis": redis_version(args.redis_server) if not args.no_redis else "not run",
+        "machine": machine,
+        "python": python,
+        "redis": redis,
         "commit": git_describe(),
         "command": shlex.join([os.path.basename(sys.executable)] + argv),
         "load_average_before": load_average(),
-        "ulimit_n": _nofile(),
-        "wakeup": wakeup_floor(),
-        "openssl": openssl_versions(args),
     }
+
+
+def header_lines(title: str, info: dict, load_note: str = "") -> list:
+    """A report's first lines: ``title``, then ``run_info``'s facts, one a line."""
+    return [
+        title,
+        f"date:     {info['date']}",
+        f"machine:  {info['machine']}",
+        f"python:   {info['python']}",
+        f"redis:    {info['redis']}",
+        f"commit:   {info['commit']}",
+        f"command:  {info['command']}",
+        f"load avg: {info['load_average_before']} (before the run){load_note}",
+    ]
+
+
+def report_failures(failures: list) -> int:
+    """The failures on stderr, after the report; the exit status (1 if any)."""
+    if not failures:
+        return 0
+    print("\nFAILED:", file=sys.stderr)
+    for failure in failures:
+        print(f"  {failure}", file=sys.stderr)
+    return 1
 
 
 def openssl_versions(args) -> str:
@@ -1067,18 +1118,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--settle", type=float, default=None, metavar="SECONDS",
                         help="before each run, wait up to this long for other load on the "
                              "machine to stop (0: do not wait; default 20, 5 with --quick)")
-    parser.add_argument("--retries", type=int, default=2, metavar="N",
-                        help="run a case again, up to N times, when other programs used "
-                             f"{NOISY * 100:.0f}%% of a core or more during it; the least disturbed "
-                             "run counts (default 2)")
+    add_retries_option(parser)
     parser.add_argument("--no-redis", action="store_true", help="do not run Redis")
     parser.add_argument("--no-seed", action="store_true",
                         help="do not run the seed's thread-per-client server (seed_threads.py)")
     parser.add_argument("--seed-fanout", action="store_true",
                         help="run the seed's server in the fan-out scenarios too (slow: one "
                              "sendall per recipient)")
-    parser.add_argument("--redis-server", default=shutil.which("redis-server") or "/usr/bin/redis-server",
-                        metavar="PATH", help="the redis-server binary")
+    add_redis_server_option(parser)
     parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                         help="an extra argument for our server, e.g. --server-arg=--log-level=WARNING")
     parser.add_argument("--max-pending", type=int, default=None, metavar="N",
@@ -1088,6 +1135,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the TLS scenarios' certificate key: ecdsa (P-256, the default) or "
                              "rsa (2048 bits)")
     return parser
+
+
+def add_retries_option(parser: argparse.ArgumentParser) -> None:
+    """``--retries``, for ``least_disturbed``; both benchmark drivers take it."""
+    parser.add_argument("--retries", type=int, default=2, metavar="N",
+                        help="run a case again, up to N times, when other programs used "
+                             f"{NOISY * 100:.0f}%% of a core or more during it; the least disturbed "
+                             "run counts (default 2)")
+
+
+def add_redis_server_option(parser: argparse.ArgumentParser) -> None:
+    """``--redis-server``: the one on the PATH unless told otherwise."""
+    parser.add_argument("--redis-server", default=shutil.which("redis-server") or "/usr/bin/redis-server",
+                        metavar="PATH", help="the redis-server binary")
 
 
 def main(argv: list | None = None) -> int:
@@ -1125,16 +1186,12 @@ def run_all(args, argv: list, cases: list) -> int:
     """Run ``cases`` against every target; print the header, the table and the details."""
     targets = [t for t in TARGETS if not (t == "redis" and args.no_redis or t == "seed" and args.no_seed)]
     info = meta(args, argv)
-    head = [
+    head = header_lines(
         "Chat server benchmark: ours vs Redis pub/sub and the seed's thread-per-client server, "
         "same load generator",
-        f"date:     {info['date']}",
-        f"machine:  {info['machine']}",
-        f"python:   {info['python']}",
-        f"redis:    {info['redis']}",
-        f"commit:   {info['commit']}",
-        f"command:  {info['command']}",
-        f"load avg: {info['load_average_before']} (before the run); ulimit -n {info['ulimit_n']}",
+        info, f"; ulimit -n {info['ulimit_n']}",
+    )
+    head += [
         f"wake-up:  {info['wakeup']}",
         f"ours:     {shlex.join(['python'] + ChatServer(args.server_arg).command[1:])}",
     ]
@@ -1200,12 +1257,7 @@ def run_all(args, argv: list, cases: list) -> int:
         with open(args.json, "w") as f:
             json.dump(data, f, indent=2)
         print(f"\nresults saved to {args.json}")
-    if failures:
-        print("\nFAILED:", file=sys.stderr)
-        for failure in failures:
-            print(f"  {failure}", file=sys.stderr)
-        return 1
-    return 0
+    return report_failures(failures)
 
 
 if __name__ == "__main__":

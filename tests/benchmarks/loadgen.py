@@ -835,10 +835,7 @@ def receive(peer: Peer) -> int:
     """One ``recv_into`` the peer's buffer; the bytes it read (0: nothing yet)."""
     pos = peer.pos
     if pos >= len(peer.buf):
-        raise Failure(
-            f"{peer.describe()} received more bytes than expected ({pos}): "
-            f"extra or duplicated deliveries"
-        )
+        raise too_much(peer, pos)
     try:
         n = peer.sock.recv_into(peer.view[pos : pos + RECV_SIZE])
     except WOULD_BLOCK:
@@ -846,14 +843,27 @@ def receive(peer: Peer) -> int:
     except OSError as error:
         raise Failure(f"{peer.describe()}: {error}") from None
     if not n:
-        raise Failure(
-            f"{peer.describe()}: the server closed the connection after {peer.got} "
-            f"{'deliveries' if peer.receiver else 'replies'}"
-        )
+        raise closed_early(peer)
     peer.pos = pos + n
     if peer.tls:
         n += receive_more_tls(peer)
     return n
+
+
+def too_much(peer: Peer, pos: int) -> Failure:
+    """The failure of a peer whose buffer, sized for what it should get, is full."""
+    return Failure(
+        f"{peer.describe()} received more bytes than expected ({pos}): "
+        f"extra or duplicated deliveries"
+    )
+
+
+def closed_early(peer: Peer, more: str = "") -> Failure:
+    """The failure of a peer the server hung up on before it had everything."""
+    return Failure(
+        f"{peer.describe()}: the server closed the connection after {peer.got} "
+        f"{'deliveries' if peer.receiver else 'replies'}{more}"
+    )
 
 
 def receive_more_tls(peer: Peer) -> int:
@@ -872,10 +882,7 @@ def receive_more_tls(peer: Peer) -> int:
         if pos >= len(peer.buf):
             if not sock.pending():
                 return total  # full, and nothing decrypted waits: the next read will say
-            raise Failure(
-                f"{peer.describe()} received more bytes than expected ({pos}): "
-                f"extra or duplicated deliveries"
-            )
+            raise too_much(peer, pos)
         try:
             n = sock.recv_into(peer.view[pos : pos + RECV_SIZE])
         except WOULD_BLOCK:
@@ -883,10 +890,7 @@ def receive_more_tls(peer: Peer) -> int:
         except OSError as error:
             raise Failure(f"{peer.describe()}: {error}") from None
         if not n:
-            raise Failure(
-                f"{peer.describe()}: the server closed the connection after {peer.got} "
-                f"{'deliveries' if peer.receiver else 'replies'} (and {total} more bytes)"
-            )
+            raise closed_early(peer, f" (and {total} more bytes)")
         peer.pos = pos + n
         total += n
 
