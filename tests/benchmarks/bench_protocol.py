@@ -62,8 +62,8 @@ def bench_events(machine: ChatMachine, line: bytes, count: int, repeat: int, sen
     return best_rate(run, count, repeat)
 
 
-def bench_framed(machine: ChatMachine, count: int, repeat: int) -> float:
-    framers = [LineFramer(conn) for conn in range(10)]
+def bench_framed(machine: ChatMachine, count: int, repeat: int, senders: int = 10) -> float:
+    framers = [LineFramer(conn) for conn in range(senders)]
     stream = b"MSG " + PAYLOAD + b"\n"
     per_read = 65536 // len(stream)
     chunk = stream * per_read
@@ -72,7 +72,7 @@ def bench_framed(machine: ChatMachine, count: int, repeat: int) -> float:
 
     def run():
         for index in range(reads):
-            framer = framers[index % 10]
+            framer = framers[index % senders]
             framer.feed(chunk)
             for event in framer.take(10**9, 10**9).events:
                 handle(event)
@@ -94,14 +94,17 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
+    if args.users < 1:
+        parser.error("--users must be at least 1")
     machine = room(args.users)
     n, r = args.messages, args.repeat
+    senders = min(10, args.users)  # the first ten users send, or all of them
     results = [
-        ("MSG, machine", bench_events(machine, b"MSG " + PAYLOAD, n, r)),
-        ("MSG, framer+machine", bench_framed(machine, n, r)),
-        ("DM, machine", bench_events(machine, b"DM user5 " + PAYLOAD, n, r)),
-        ("WHO, machine", bench_events(machine, b"WHO", n, r)),
-        ("PING, machine", bench_events(machine, b"PING", n, r)),
+        ("MSG, machine", bench_events(machine, b"MSG " + PAYLOAD, n, r, senders)),
+        ("MSG, framer+machine", bench_framed(machine, n, r, senders)),
+        ("DM, machine", bench_events(machine, f"DM user{min(5, args.users - 1)} ".encode() + PAYLOAD, n, r, senders)),
+        ("WHO, machine", bench_events(machine, b"WHO", n, r, senders)),
+        ("PING, machine", bench_events(machine, b"PING", n, r, senders)),
     ]
     print_rates(f"protocol micro-benchmark: {args.users} users, {n} commands, best of {r}",
                 results, "commands/s", 22)
