@@ -110,16 +110,17 @@ log = logging.getLogger("chat")
 
 READ_BLOCK_MS = 1000
 """How long one ``XREAD`` waits for entries; the reader's silence past this plus a margin is a lost link."""
-READ_COUNT = 100
-"""Stream entries one ``XREAD`` returns at most: up to ``APPEND_BATCH`` log entries each."""
 APPEND_BATCH = 100
-"""Log entries in one ``XADD`` at most (one stream entry), so that one read stays bounded ..."""
+"""Log entries in one ``XADD`` (one stream entry) at most, so that one read stays bounded ..."""
 APPEND_BATCH_BYTES = 65536
 """... and their bytes: past this, the turn's next entries go in another ``XADD``."""
+READ_COUNT = 10
+"""Stream entries one ``XREAD`` returns at most: 1,000 log entries and 640 KiB or so, folded in one turn."""
 ENTRY_OVERHEAD = 256
 """Bytes of Python objects per entry waiting for the engine, besides its own bytes: its tuple,
-bytes object and slots in ``node.unconfirmed()`` (about 185, measured with tracemalloc) and an
-unsent XADD's object and slots in the writer (about 50); the XADD's bytes are ``unsent_bytes``."""
+bytes object and slots in ``node.unconfirmed()`` (about 185, measured with tracemalloc) and its
+share of an unsent XADD in the writer (less than 50, one per entry before batching); the XADD's
+bytes are ``unsent_bytes``."""
 LEASE_MARGIN = 0.05
 """Seconds after another node's lease should have run out before it is asked about again."""
 START_BACKOFF = 0.5
