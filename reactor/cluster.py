@@ -254,7 +254,11 @@ class ClusterDriver:
     def append(self, effect: Append) -> None:
         """The node's ``Append``: in this turn's ``XADD``, or after the next reconnect."""
         if self._resumed and self.writer.ready and not self._starting and not self._down:
-            self._add_to_batch(effect.entry)
+            entry = effect.entry  # (_add_to_batch, written out: every chat line's path)
+            self._batch.append(entry)
+            self._batch_bytes += len(entry)
+            if len(self._batch) >= APPEND_BATCH or self._batch_bytes >= APPEND_BATCH_BYTES:
+                self._send_batch()
         # Otherwise it waits in node.unconfirmed(), which the writer sends when it is back, in
         # order: an entry appended before those that waited would make the fold drop them.
 
@@ -272,7 +276,7 @@ class ClusterDriver:
         self._batch_bytes = 0
 
     def end_of_turn(self) -> None:
-        """Flush the links (one write each for the whole turn) and arm their deadlines."""
+        """Send the turn's appends (one XADD), flush the links (one write each) and arm their deadlines."""
         assert self._reactor is not None
         if self._leased is not None:
             self._serve_new_node()  # once the old node's last refused client is gone

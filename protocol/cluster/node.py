@@ -71,12 +71,13 @@ close instead.
 The hot path keeps its shape
 ----------------------------
 A MSG from a local client costs a classification and one encoded entry.  A
-MSG read from the log costs a decode, one ``ChatMachine.handle`` in the
-replica, and a ``Broadcast`` whose audience is this node's logged-in
-clients: a tuple built when *local* membership changes and shared by every
-broadcast until then, as ``ChatMachine`` does, so the reactor's outbox
-still sends a turn's broadcasts from one shared buffer.  Logins elsewhere in
-the cluster do not rebuild it.
+MSG read from the log costs a decode, one ``ChatMachine.handle_msg`` in the
+replica (the MSG's rules, with no line made to be parsed again), and a
+``Broadcast`` whose audience is this node's logged-in clients: a tuple
+built when *local* membership changes and shared by every broadcast until
+then, as ``ChatMachine`` does, so the reactor's outbox still sends a turn's
+broadcasts from one shared buffer.  Logins elsewhere in the cluster do not
+rebuild it.
 
 Joining and leaving
 -------------------
@@ -638,10 +639,12 @@ class ClusterNode:
         me = self.node_id
         by_number = self._by_number
         for effect in shared:
-            if isinstance(effect, Broadcast):
-                audience = self._current_audience()
+            if isinstance(effect, Broadcast):  # every MSG: no method call, no cast() here
+                audience = self._audience
+                if audience is None:
+                    audience = self._current_audience()
                 if audience:
-                    exclude = cast("GlobalId | None", effect.exclude)
+                    exclude: GlobalId | None = effect.exclude  # type: ignore[assignment]
                     sender = None
                     if exclude is not None and exclude[0] == me:
                         local = by_number.get(exclude[1])
