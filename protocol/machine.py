@@ -197,6 +197,23 @@ class ChatMachine:
             raise ProtocolUsageError(f"not a protocol event: {event!r}") from None
         return handler(event)
 
+    def handle_msg(self, conn: ConnId, text: bytes) -> list[Effect]:
+        """``handle(LineReceived(conn, b"MSG " + text))``, without making the line to parse it again.
+
+        For a caller that already split the command word off (a cluster
+        node's replica, for every MSG of the cluster).  A logged-in sender's
+        line parses to exactly this: the trimmed ``text``, checked for
+        UTF-8, then ``MSG``'s own rules; any other state takes the one path
+        of every line.
+        """
+        session = self._sessions.get(conn)
+        if session is None or session.state is not LOGGED_IN:
+            return self._line_received(LineReceived(conn, b"MSG " + text))
+        rest = text.strip(WHITESPACE)
+        if not rest.isascii() and not is_utf8(rest):
+            return [Reply(conn, _ERR_INVALID_UTF8)]
+        return self._msg(conn, session, rest)
+
     def state_of(self, conn: ConnId) -> ConnState | None:
         """The state of ``conn``, or ``None`` if it is not open."""
         session = self._sessions.get(conn)

@@ -6,12 +6,17 @@ Theory of operation
 (docs/cluster.md).  This module is its engine side, the part with sockets
 and a clock, driven by the same ``selectors`` loop as the clients:
 
-- **The log** is a Redis stream, ``<name>:log``.  Each ``Append`` the node
-  makes is an ``XADD``; all of a turn's appends leave in one pipelined
-  write on the *writer* link.  The *reader* link sits in ``XREAD BLOCK``
-  from the node's position and hands every batch to the node as a
-  ``LogRead``: the node's clients get their lines from there, on every
-  node alike.
+- **The log** is a Redis stream, ``<name>:log``.  The appends the node
+  makes in one loop turn are one ``XADD``, one stream entry with a
+  field ``e`` per log entry, in order (at most ``APPEND_BATCH`` of them or
+  ``APPEND_BATCH_BYTES``, then the next ``XADD``), and leave in one
+  pipelined write on the *writer* link: per chat line, the engine parses
+  no command and the node parses no reply.  The *reader* link sits in
+  ``XREAD BLOCK`` from the node's position and hands everything it reads,
+  each stream entry's fields in order, to the node as one ``LogRead``: the
+  node's clients get their lines from there, on every node alike.  A
+  stream entry is in the log whole or not at all, so its log entries are
+  too.
 - **Joining.** The node's id comes from ``INCR <name>:node-id`` (never
   reused), its starting state from the stored snapshot; it takes its
   lease, starts reading after the snapshot's position, and appends
@@ -95,7 +100,7 @@ from protocol.cluster import (
 )
 from protocol.cluster.codec import DecodeError
 
-from .engine import Backoff, EngineError, LinkLost, RedisAddress, RedisLink
+from .engine import Backoff, EngineError, LinkLost, RedisAddress, RedisLink, encode_xadd
 from .timers import CallbackTimer
 
 if TYPE_CHECKING:
@@ -105,12 +110,17 @@ log = logging.getLogger("chat")
 
 READ_BLOCK_MS = 1000
 """How long one ``XREAD`` waits for entries; the reader's silence past this plus a margin is a lost link."""
-READ_COUNT = 1000
-"""Entries one ``XREAD`` returns at most."""
+APPEND_BATCH = 100
+"""Log entries in one ``XADD`` (one stream entry) at most, so that one read stays bounded ..."""
+APPEND_BATCH_BYTES = 65536
+"""... and their bytes: past this, the turn's next entries go in another ``XADD``."""
+READ_COUNT = 10
+"""Stream entries one ``XREAD`` returns at most: 1,000 log entries and 640 KiB or so, folded in one turn."""
 ENTRY_OVERHEAD = 256
 """Bytes of Python objects per entry waiting for the engine, besides its own bytes: its tuple,
-bytes object and slots in ``node.unconfirmed()`` (about 185, measured with tracemalloc) and an
-unsent XADD's object and slots in the writer (about 50); the XADD's bytes are ``unsent_bytes``."""
+bytes object and slots in ``node.unconfirmed()`` (about 185, measured with tracemalloc) and its
+share of an unsent XADD in the writer (less than 50, one per entry before batching); the XADD's
+bytes are ``unsent_bytes``."""
 LEASE_MARGIN = 0.05
 """Seconds after another node's lease should have run out before it is asked about again."""
 START_BACKOFF = 0.5
@@ -180,6 +190,8 @@ class ClusterDriver:
         self._gave_up = False  # the current node reported ClusterUnavailable
         self._stopping = False
         self._joined_told = False
+        self._batch: list[bytes] = []  # this turn's appends, for one XADD at its end
+        self._batch_bytes = 0
         self._link_timers: dict[RedisLink, CallbackTimer] = {}
         self._lease_timers: dict[int, CallbackTimer] = {}  # other nodes' leases about to run out
         self.writer: RedisLink
@@ -240,14 +252,31 @@ class ClusterDriver:
         return node is not None and (self._gave_up or node.phase is Phase.DOWN)
 
     def append(self, effect: Append) -> None:
-        """The node's ``Append``: an ``XADD`` now, or after the next reconnect."""
+        """The node's ``Append``: in this turn's ``XADD``, or after the next reconnect."""
         if self._resumed and self.writer.ready and not self._starting and not self._down:
-            self.writer.send((b"XADD", self._keys.log, b"*", b"e", effect.entry), self._appended)
+            entry = effect.entry  # (_add_to_batch, written out: every chat line's path)
+            self._batch.append(entry)
+            self._batch_bytes += len(entry)
+            if len(self._batch) >= APPEND_BATCH or self._batch_bytes >= APPEND_BATCH_BYTES:
+                self._send_batch()
         # Otherwise it waits in node.unconfirmed(), which the writer sends when it is back, in
         # order: an entry appended before those that waited would make the fold drop them.
 
+    def _add_to_batch(self, entry: bytes) -> None:
+        self._batch.append(entry)
+        self._batch_bytes += len(entry)
+        if len(self._batch) >= APPEND_BATCH or self._batch_bytes >= APPEND_BATCH_BYTES:
+            self._send_batch()
+
+    def _send_batch(self) -> None:
+        """The appends so far, as one XADD; none if the writer was lost since (they wait in unconfirmed())."""
+        if self.writer.ready:
+            self.writer.send_encoded(encode_xadd(self._keys.log, b"e", self._batch), self._appended)
+        self._batch = []
+        self._batch_bytes = 0
+
     def end_of_turn(self) -> None:
-        """Flush the links (one write each for the whole turn) and arm their deadlines."""
+        """Send the turn's appends (one XADD), flush the links (one write each) and arm their deadlines."""
         assert self._reactor is not None
         if self._leased is not None:
             self._serve_new_node()  # once the old node's last refused client is gone
@@ -259,6 +288,8 @@ class ClusterDriver:
             self._start_backoff.reset()
             self._retire_predecessors()
             self._watch_leases()  # nodes that died before this one joined leave now, not a lease later
+        if self._batch:
+            self._send_batch()
         for link, timer in self._link_timers.items():
             link.flush()
             due = link.wakeup_at
@@ -297,7 +328,7 @@ class ClusterDriver:
             if self._down:
                 return  # its lease ran out meanwhile: its clients were told, their lines go nowhere
             for entry in self.node.unconfirmed():  # at least once; the fold drops copies
-                self.writer.send((b"XADD", self._keys.log, b"*", b"e", entry), self._appended)
+                self._add_to_batch(entry)
 
     def _same_epoch(self, epoch: Any) -> bool:
         """Whether the engine one link reached still has the data this node folded (its epoch)."""
@@ -466,7 +497,7 @@ class ClusterDriver:
             return
         if reply:
             (_, records), = reply
-            entries = tuple(fields[1] for _, fields in records)
+            entries = tuple([entry for _, fields in records for entry in fields[1::2]])
             position = records[-1][0].decode()
             self._reactor.feed_machine(LogRead(entries, position))
             if node.phase is Phase.DOWN and not self._gave_up:  # it read its own NodeDown

@@ -137,7 +137,7 @@ def test_a_msg_costs_five_bytes_beside_its_text():
     assert encode_entry(Who(1, 2, 3)) == b"\x01\x06\x01\x02\x03"
 
 
-@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**32, 2**63 - 1])
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**14 - 1, 2**14, 2**21 - 1, 2**21, 2**32, 2**63 - 1])
 def test_varints_are_minimal_and_round_trip(value):
     data = varint(value)
     assert len(data) == max(1, (value.bit_length() + 6) // 7)

@@ -578,6 +578,22 @@ def readable(fileno: int, timeout: float = 5.0) -> None:
     assert select.select([fileno], [], [], timeout)[0], f"nothing to read within {timeout} s"
 
 
+def test_a_turns_appends_are_one_stream_entry_of_at_most_a_batch(redis, hand_driven, monkeypatch):
+    """One XADD per turn (cut at APPEND_BATCH entries), each log entry a field, read back in order."""
+    monkeypatch.setattr(reactor.cluster, "APPEND_BATCH", 3)
+    engine = redis()
+    node = hand_driven(engine.url())
+    alice, bob = node.login("alice"), node.login("bob")
+    before = len(engine.command("XRANGE", "chat:log", "-", "+"))
+    alice.say(*(f"MSG m{i}" for i in range(7)))  # one write: one turn reads all seven
+    node.lines(bob, [f"MSG alice m{i}" for i in range(7)])
+    records = engine.command("XRANGE", "chat:log", "-", "+")[before:]
+    assert [len(fields) // 2 for _, fields in records] == [3, 3, 1]
+    assert all(fields[::2] == [b"e"] * (len(fields) // 2) for _, fields in records)
+    texts = [entry[-2:] for _, fields in records for entry in fields[1::2]]
+    assert texts == [f"m{i}".encode() for i in range(7)]
+
+
 def test_a_line_read_in_the_turn_the_writer_comes_back_goes_after_the_ones_that_waited(redis, hand_driven):
     """Lines that waited for the engine are appended again before any new one, or the fold drops them."""
     engine = redis()

@@ -331,6 +331,31 @@ def test_same_events_same_effects(scenario):
     assert effects_c == effects_a
 
 
+# handle_msg's shortcut must be the MSG line's one path, in every state and for any text.
+msg_texts = st.one_of(
+    st.binary(max_size=40),
+    st.lists(st.sampled_from([b" ", b"\t", b"x", b"HTTP/1.1", b"GET /", b"\xc3\xa9", b"\xc3", b"\x1b",
+                              b"\xe2\x80\xa8", b"\r", b"\n"]), max_size=8).map(b"".join),
+)
+
+
+@given(st.sampled_from(["awaiting", "logged-in", "quit"]), st.lists(msg_texts, min_size=1, max_size=5))
+def test_handle_msg_is_the_msg_line(state, texts):
+    machines = [ChatMachine(), ChatMachine()]
+    for machine in machines:
+        for conn in (1, 2):
+            machine.handle(ConnectionOpened(conn))
+        machine.handle(LineReceived(2, b"LOGIN other"))
+        if state != "awaiting":
+            machine.handle(LineReceived(1, b"LOGIN sender"))
+        if state == "quit":
+            machine.handle(LineReceived(1, b"QUIT"))
+    slow, fast = machines
+    for text in texts:
+        assert fast.handle_msg(1, text) == slow.handle(LineReceived(1, b"MSG " + text))
+        assert fast.state_of(1) == slow.state_of(1)
+
+
 # -- (d) contract breaches raise ProtocolUsageError, and only that ---------------------------------
 
 EVENTS_FOR = {

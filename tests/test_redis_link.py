@@ -41,6 +41,7 @@ from reactor.engine import (
     RedisLink,
     ReplyError,
     encode_command,
+    encode_xadd,
     hiredis_available,
     load_hiredis,
     parse_redis_url,
@@ -213,6 +214,13 @@ def test_commands_are_arrays_of_bulk_strings():
         encode_command(["SET", "k", True])
 
 
+@given(st.binary(min_size=1, max_size=20), st.binary(max_size=5),
+       st.lists(st.one_of(st.binary(max_size=40), st.binary(min_size=1000, max_size=1100)), min_size=1, max_size=8))
+def test_the_xadd_encoder_writes_what_encode_command_writes(key, field, values):
+    expected = encode_command([b"XADD", key, b"*", *(part for value in values for part in (field, value))])
+    assert encode_xadd(key, field, values) == expected
+
+
 def test_backoff_doubles_to_its_cap_with_jitter_between_half_and_all_of_a_step():
     draws = iter([0.0, 1.0, 0.5, 0.0, 1.0, 0.0, 1.0, 0.25])
     backoff = Backoff(0.1, 1.0, random=lambda: next(draws))
@@ -366,6 +374,21 @@ def test_a_thousand_pipelined_commands_leave_in_one_write_and_replies_come_in_or
     assert link._sock.gettimeout() == 0.0  # non-blocking from birth
     clients = server.command("CLIENT", "LIST").decode()
     assert "name=chat-test" in clients
+
+
+def test_an_encoded_command_is_sent_as_it_is(loop, redis):
+    server = redis()
+    link = connect(loop, server.url())
+    replies = Replies()
+    link.send_encoded(encode_xadd(b"s", b"e", [b"one", b"", b"three"]), replies)
+    link.send(["XRANGE", "s", "-", "+"], replies)
+    link.flush()
+    loop.until(lambda: len(replies.got) == 2, "two replies")
+    entry_id, ((read_id, fields),) = replies.got
+    assert read_id == entry_id and fields == [b"e", b"one", b"e", b"", b"e", b"three"]
+    link.close()
+    with pytest.raises(RuntimeError):
+        link.send_encoded(b"*1\r\n$4\r\nPING\r\n")
 
 
 def test_password_only_auth(loop, redis):

@@ -38,8 +38,10 @@ def varint(value: int) -> bytes:
         if value < 0:
             raise ValueError(f"varints are unsigned: {value}")
         return bytes((value,))
-    if value < 0x4000:  # serials pass 127 after the first few entries
+    if value < 0x4000:  # serials pass 127 after the first few entries ...
         return bytes(((value & 0x7F) | 0x80, value >> 7))
+    if value < 0x200000:  # ... and 16,383 a few seconds into a busy node's life
+        return bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80, value >> 14))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)

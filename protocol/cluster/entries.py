@@ -216,6 +216,8 @@ def decode_msg(data: bytes) -> tuple[int, int, int, bytes] | None:
         return None
     author, at = varint_at(data, 2)
     serial, at = varint_at(data, at)
+    if at < len(data) and data[at] < 0x80:  # a connection number of one byte: nearly always
+        return author, serial, data[at], data[at + 1 :]
     conn, at = varint_at(data, at)
     return author, serial, conn, data[at:]
 

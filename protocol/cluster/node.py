@@ -71,12 +71,13 @@ close instead.
 The hot path keeps its shape
 ----------------------------
 A MSG from a local client costs a classification and one encoded entry.  A
-MSG read from the log costs a decode, one ``ChatMachine.handle`` in the
-replica, and a ``Broadcast`` whose audience is this node's logged-in
-clients: a tuple built when *local* membership changes and shared by every
-broadcast until then, as ``ChatMachine`` does, so the reactor's outbox
-still sends a turn's broadcasts from one shared buffer.  Logins elsewhere in
-the cluster do not rebuild it.
+MSG read from the log costs a decode, one ``ChatMachine.handle_msg`` in the
+replica (the MSG's rules, with no line made to be parsed again), and a
+``Broadcast`` whose audience is this node's logged-in clients: a tuple
+built when *local* membership changes and shared by every broadcast until
+then, as ``ChatMachine`` does, so the reactor's outbox still sends a turn's
+broadcasts from one shared buffer.  Logins elsewhere in the cluster do not
+rebuild it.
 
 Joining and leaving
 -------------------
@@ -425,7 +426,9 @@ class ClusterNode:
     # -- lines -------------------------------------------------------------
 
     def _line_received(self, event: LineReceived) -> list[NodeEffect]:
-        local = self._local(event.conn)
+        local = self._locals.get(event.conn)
+        if local is None:
+            local = self._local(event.conn)  # (raises)
         if local.closing:
             return []
         line = event.line.strip(WHITESPACE)
@@ -440,9 +443,11 @@ class ClusterNode:
             return self._answer(local, Close(local.conn, CloseReason.CROSS_PROTOCOL))
         if not line.isascii() and not is_utf8(line):
             return self._answer(local, Reply(local.conn, _ERR_INVALID_UTF8))
+        if logged_in and line[:4].upper() == b"MSG ":  # the hot path: split_word's answer, sooner
+            return self._send_msg(local, line[4:].lstrip(WHITESPACE))
         word, rest = split_word(line)
         command = COMMAND_WORDS.get(word.upper())
-        if command is Command.MSG and logged_in:  # the hot path
+        if command is Command.MSG and logged_in:
             return self._send_msg(local, rest)
         return self._command(local, command, rest, settled, logged_in)
 
@@ -471,9 +476,14 @@ class ClusterNode:
         return [self._append(Who(self.node_id, serial, local.number), local)]
 
     def _send_msg(self, local: _Local, text: bytes) -> list[NodeEffect]:
-        """``encode_entry(Msg(...))``, from parts encoded once per node and per connection."""
-        serial = self._serial + 1
-        return [self._appended((local,), self._msg_head + varint(serial) + local.number_bytes + text, serial)]
+        """``_append(Msg(...))``, from parts encoded once per node and per connection."""
+        serial = self._serial = self._serial + 1
+        data = self._msg_head + varint(serial) + local.number_bytes + text
+        self._unconfirmed.append((serial, data, (local,)))
+        self._unconfirmed_bytes += len(data)
+        local.appended += 1
+        local.in_log = True
+        return [Append(data)]
 
     def _send_line(self, local: _Local, data: bytes, login: bool = False) -> list[NodeEffect]:
         """Append a line that may change the connection's state; it is unknown until it is back."""
@@ -629,10 +639,12 @@ class ClusterNode:
         me = self.node_id
         by_number = self._by_number
         for effect in shared:
-            if isinstance(effect, Broadcast):
-                audience = self._current_audience()
+            if isinstance(effect, Broadcast):  # every MSG: no method call, no cast() here
+                audience = self._audience
+                if audience is None:
+                    audience = self._current_audience()
                 if audience:
-                    exclude = cast("GlobalId | None", effect.exclude)
+                    exclude: GlobalId | None = effect.exclude  # type: ignore[assignment]
                     sender = None
                     if exclude is not None and exclude[0] == me:
                         local = by_number.get(exclude[1])

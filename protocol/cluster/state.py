@@ -118,7 +118,10 @@ class ClusterState:
             self.ignored += 1
             return []
         self.live[author] = serial
-        return self._command((author, conn), b"MSG " + text)
+        g = (author, conn)
+        if g not in self._open:
+            self._open_connection(g)
+        return self.machine.handle_msg(g, text)
 
     def _node_up(self, entry: NodeUp) -> list[Effect]:
         self.ignored += 1  # the author is live already: a copy with a new serial

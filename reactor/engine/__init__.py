@@ -34,6 +34,7 @@ from .resp import (
     MissingExtra,
     ReplyError,
     encode_command,
+    encode_xadd,
     hiredis_available,
     load_hiredis,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "RedisLink",
     "ReplyError",
     "encode_command",
+    "encode_xadd",
     "hiredis_available",
     "load_hiredis",
     "parse_redis_url",

@@ -34,8 +34,9 @@ SETNAME`` (which also makes a server that wants a password we lack answer
 the reason (``AUTH refused: WRONGPASS ...``).
 
 Commands.  ``send(args, callback)`` encodes the command and appends it to
-the turn's output; nothing is written until ``flush()``, so all the
-commands of a turn leave in one ``send`` (pipelining).  Each command's
+the turn's output (``send_encoded`` takes one already encoded); nothing
+is written until ``flush()``, so all the commands of a turn leave in one
+``send`` (pipelining).  Each command's
 callback joins a FIFO; replies come in command order, so the reply parsed
 next belongs to the callback at the head.  Every callback is called
 exactly once: with the reply, with a ``ReplyError`` value for an error
@@ -251,6 +252,12 @@ class RedisLink:
         if self.state is not READY:
             raise RuntimeError(f"the engine link is {self.state.value}, not ready: send from on_ready")
         self._queue(encode_command(args), callback)
+
+    def send_encoded(self, command: bytes, callback: Callback | None = None) -> None:
+        """``send`` for one command already in RESP (``encode_xadd``'s, say); the same contract."""
+        if self.state is not READY:
+            raise RuntimeError(f"the engine link is {self.state.value}, not ready: send from on_ready")
+        self._queue(command, callback)
 
     def flush(self) -> None:
         """End of turn: everything queued leaves in one write, as far as the kernel takes it."""
