@@ -54,3 +54,30 @@ def test_a_link_to_a_line_of_code_lands_on_what_it_names(name, path, line):
 
 def test_the_chapter_has_code_links_to_check():
     assert len(list(code_links())) >= 20
+
+
+PLACEHOLDER = re.compile(r"\{\{\s*[A-Za-z_]\w*\s*\}\}")
+
+
+def unfilled_placeholders(text: str) -> list[str]:
+    """The ``{{name}}`` marks a template left for a measured figure."""
+    return PLACEHOLDER.findall(text)
+
+
+def test_the_placeholder_pattern_finds_a_mark_and_nothing_else():
+    assert unfilled_placeholders("about {{threads_kib}} KiB, {{ ours_ping }} µs") == [
+        "{{threads_kib}}", "{{ ours_ping }}"]
+    assert unfilled_placeholders("a dict {'a': {1}}, a set {{1}} and {{}}") == []
+
+
+def test_no_document_under_docs_has_an_unfilled_placeholder():
+    """A figure still to be measured must not ship as ``{{name}}``."""
+    files = sorted(path for path in (ROOT / "docs").rglob("*") if path.is_file())
+    assert files
+    unfilled = {
+        str(path.relative_to(ROOT)): marks
+        for path in files
+        if (marks := unfilled_placeholders(path.read_text(encoding="utf-8")))
+    }
+    assert unfilled == {}
+
