@@ -13,7 +13,7 @@ around it, next to the standalone machine:
   which answers with one ``Append`` (classification and encoding);
 - ``node, MSG from the log``: MSG entries from another node handed over in
   ``LogRead`` batches of ``--batch``: decoding, the replica's
-  ``ChatMachine.handle``, and the ``Broadcast`` to this node's users.
+  ``ChatMachine.handle_msg``, and the ``Broadcast`` to this node's users.
 
 Every node folds every entry of the cluster, so the last figure bounds the
 MSG rate one log can carry, whatever the number of nodes.  Each figure is
