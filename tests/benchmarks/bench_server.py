@@ -1100,7 +1100,7 @@ def details(cases: list) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Benchmark our chat server against Redis pub/sub under the same load.",
+        description="Benchmark our chat server against Redis pub/sub and the seed's thread-per-client server, under the same load.",
     )
     parser.add_argument("--scenario", action="append", choices=SCENARIOS, metavar="NAME",
                         help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}; "
