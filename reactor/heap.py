@@ -9,7 +9,7 @@ fragmented heap's high-water mark: 5,000 idle TLS connections that arrived
 4,096 at a time held 38 KiB each, against 17 KiB when they came 100 at a
 time.  glibc's ``malloc_trim`` gives the free pages back; Python has no
 call for it, so it is reached through ``ctypes``, once, when a burst ends
-(the loop decides when: ``BURST`` in ``reactor.loop``).
+(the loop decides when: ``TLS_BURST`` in ``reactor.loop``).
 
 Elsewhere (macOS, Windows, musl) there is no such call, and nothing is done:
 the memory is reused by the next burst all the same.
