@@ -335,7 +335,8 @@ class ClusterDriver:
         if self._epoch is None:
             self._epoch = epoch
         elif epoch != self._epoch:
-            self._epoch = epoch
+            if epoch is not None:  # (None: the reader is back first, before the writer set a new one;
+                self._epoch = epoch  # keep the old until then, or the next loss would go unseen)
             self._predecessors.clear()  # ids of a log that is gone: the new one hands them out again
             self._turn_unavailable("the engine lost its data (a new epoch)")
             return False
