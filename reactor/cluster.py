@@ -271,7 +271,10 @@ class ClusterDriver:
     def _send_batch(self) -> None:
         """The appends so far, as one XADD; none if the writer was lost since (they wait in unconfirmed())."""
         if self.writer.ready:
-            self.writer.send_encoded(encode_xadd(self._keys.log, b"e", self._batch), self._appended)
+            node = self.node
+            self.writer.send_encoded(
+                encode_xadd(self._keys.log, b"e", self._batch), lambda reply: self._appended(node, reply)
+            )
         self._batch = []
         self._batch_bytes = 0
 
@@ -443,9 +446,18 @@ class ClusterDriver:
                 self._reactor.feed_machine(NodeExpired(node_id))
         self._predecessors.clear()
 
-    def _appended(self, reply: Any) -> None:
+    def _appended(self, node: ClusterNode | None, reply: Any) -> None:
+        """An XADD refused (out of memory, a read-only replica): its lines can never be delivered.
+
+        A later append that succeeds would confirm them with its own serials,
+        and they would be lost without a word; so the node gives up, its
+        clients are told (``ERR server-unavailable``), and a new node joins
+        once the engine takes appends again.
+        """
         if isinstance(reply, EngineError) and not isinstance(reply, LinkLost):
-            log.warning("cluster: an append was refused: %s", reply)
+            log.error("cluster: an append was refused: %s", reply)
+            if node is self.node:
+                self._turn_unavailable("the engine refused an append")
 
     # -- the reader ------------------------------------------------------------------
 

@@ -144,7 +144,8 @@ One departure of 5,000 is one event for the machine, and their INFO lines
 go to the others at once, but the leavers' own ``ERR idle-timeout`` and
 close cost about 17 µs each, 85 ms for all: a turn that did them all would
 keep every healthy client waiting that long.  The machine already treats
-them as closing, so nothing they send meanwhile is handled.
+them as closing, so nothing they send meanwhile is handled.  (A cluster
+node's leavers get their lines from the log, in the turn that reads it.)
 """
 SHUTDOWN_TIMEOUT = 2.0
 """How long the server flushes at shutdown before closing everything."""

@@ -676,6 +676,29 @@ def test_a_writer_back_after_the_lease_ran_out_sends_none_of_the_lines_that_wait
     judge.lines(bob, ["USER bob", "USER alice"])  # and no MSG alice late before them
 
 
+def test_an_append_the_engine_refuses_closes_the_clients_and_a_new_node_joins(redis, hand_driven, caplog):
+    """Redis out of memory refuses the XADD: the line can never be delivered, so nobody may think it was."""
+    engine = redis()
+    node = hand_driven(engine.url())
+    alice, bob = node.login("alice"), node.login("bob")
+    old = node.driver.node
+    engine.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    engine.command("CONFIG", "SET", "maxmemory", "1")  # every write refused: OOM
+    alice.say("MSG lost")
+    node.lines(alice, ["ERR server-unavailable"])
+    node.lines(bob, ["ERR server-unavailable"])  # not "MSG alice lost" first, nor ever
+    engine.command("CONFIG", "SET", "maxmemory", "0")
+    alice.close()
+    bob.close()
+    node.until_ticking(lambda: node.driver.node is not old and node.driver.joined, "a new node serving")
+    carol = node.login("carol")
+    carol.say("WHO")
+    node.lines(carol, ["USER carol"])  # alice and bob left with the old node
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors[0].startswith("cluster: an append was refused: OOM")
+    assert errors[1] == f"cluster: node {old.node_id} leaves the cluster: the engine refused an append"
+
+
 def lose_the_lease(node: HandDriven, engine) -> None:
     """Cut both links and let more than a lease pass on the node's clock: it gives up its node."""
     engine.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
