@@ -4,11 +4,11 @@ Theory of operation
 -------------------
 Each listening socket is registered for reading; "readable" means the
 kernel's listen queue holds connections.  ``accept_batch`` takes at most
-``ACCEPTS_PER_TURN`` of them, so a connection storm cannot keep one turn
-from ending (the rest wait in the listen queue, where TCP keeps them), and
-fewer while the loop is behind (the loop passes a smaller ``limit``), and
-hands each new socket to the loop, saying whether it came from a TLS
-listener (the loop wraps those in TLS, ``reactor.tls``).
+``ACCEPTS_PER_TURN`` of them, fewer while the loop is behind (it passes a
+smaller ``limit``), so a connection storm cannot keep one turn from ending:
+the rest wait in the listen queue, where TCP keeps them.  It hands each new
+socket to the loop, saying whether it came from a TLS listener (the loop
+wraps those in TLS, ``reactor.tls``).
 
 Three guards keep accepting from hurting anybody:
 
